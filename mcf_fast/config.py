@@ -1,0 +1,178 @@
+"""Configuration as frozen, validated dataclasses.
+
+Defaults are the paper's (Feng et al. 2021, sec. 3): K=5, T=3, H=3, P=3, Q=10, t1=0.4,
+t2=0.6, t3=0.4, t4=0.65.  Where the paper is silent the default is ours and the field's
+comment says so; docs/algorithm.md maps every field to the equation it implements.
+
+Each ``__post_init__`` checks its fields and raises :class:`~mcf_fast.errors.ConfigError`
+naming the field and the bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcf_fast.errors import ConfigError
+
+__all__ = ["DetectionConfig", "SegmentationConfig", "MCFConfig", "config_to_dict"]
+
+
+def _check(ok: bool, cls: str, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{cls}.{name} = {value!r}: expected {expected}")
+
+
+def _positive_int(cls: str, name: str, value: Any) -> None:
+    _check(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        cls, name, value, "a positive integer",
+    )
+
+
+def _unit(cls: str, name: str, value: Any) -> None:
+    _check(isinstance(value, (int, float)) and 0.0 <= value <= 1.0, cls, name, value,
+           "a number in [0, 1]")
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """Parameters of the correlation-filter detection branch (paper sec. 2.1)."""
+
+    # --- features ---
+    #: "builtin" (the project's own approximation) or a path to w2c.mat / w2c.npy
+    color_names: str = "builtin"
+    use_cn: bool = True
+    use_hog: bool = True
+    #: HOG orientation bins (unsigned gradients) and cell size in pixels (ours)
+    hog_bins: int = 9
+    hog_cell: int = 4
+    # --- filter bank, eq. (1) ---
+    #: K: number of scales each template is resized to (MFF)
+    n_scales: int = 5
+    #: smallest and largest scale factor (ours: 0.8..1.2)
+    scale_range: tuple[float, float] = (0.8, 1.2)
+    #: U centre crops of each filter, as fractions of its size (CFF; ours: 1, 3/4, 1/2)
+    crop_fractions: tuple[float, ...] = (1.0, 0.75, 0.5)
+    #: ridge-regression regulariser lambda of eq. (1)
+    lam: float = 1e-4
+    #: sigma of the Gaussian label y, as a fraction of the template size (ours)
+    label_sigma: float = 0.1
+    # --- fusion, eqs. (2)-(3) ---
+    #: T: top-T accumulation over crops (CFF) and over scales (MFF)
+    top_t: int = 3
+    #: H: top-H accumulation over templates
+    top_h: int = 3
+    #: "topk" (paper) or "mean" (Table 3 ablation)
+    fusion: str = "topk"
+    use_cff: bool = True
+    use_mff: bool = True
+    # --- GDBP, eq. (4) ---
+    use_gdbp: bool = True
+    gdbp_p: int = 3
+    gdbp_q: int = 10
+    # --- pseudo mask ---
+    #: t1: background where the normalised response is below it
+    t1: float = 0.4
+
+    def __post_init__(self) -> None:
+        c = "DetectionConfig"
+        for name in ("hog_bins", "hog_cell", "n_scales", "top_t", "top_h", "gdbp_p", "gdbp_q"):
+            _positive_int(c, name, getattr(self, name))
+        _check(self.gdbp_p < self.gdbp_q, c, "gdbp_p", self.gdbp_p,
+               f"smaller than gdbp_q ({self.gdbp_q})")
+        _check(self.use_cn or self.use_hog, c, "use_cn", self.use_cn,
+               "True when use_hog is False (no features left)")
+        lo_hi = self.scale_range
+        _check(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1], c, "scale_range", lo_hi,
+               "(low, high) with 0 < low <= high")
+        _check(len(self.crop_fractions) > 0
+               and all(0 < f <= 1 for f in self.crop_fractions), c, "crop_fractions",
+               self.crop_fractions, "a non-empty tuple of fractions in (0, 1]")
+        _check(self.lam > 0, c, "lam", self.lam, "a positive number")
+        _check(self.label_sigma > 0, c, "label_sigma", self.label_sigma, "a positive number")
+        _check(self.fusion in ("topk", "mean"), c, "fusion", self.fusion, "'topk' or 'mean'")
+        _unit(c, "t1", self.t1)
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """Parameters of the confidence segmentation branch (paper sec. 2.2)."""
+
+    #: channels of the U-Net's first level (doubles at each of `depth` levels)
+    width: int = 16
+    depth: int = 4
+    crop_size: int = 256
+    batch_size: int = 8
+    steps: int = 600
+    self_steps: int = 200
+    lr: float = 1e-3
+    #: confidence loss of eq. (5) ("confidence"), plain CE on all pixels ("ce"), or
+    #: class-weighted CE ("weighted") for the Table 3 ablations
+    loss: str = "confidence"
+    use_synthetic: bool = True
+    use_self_finetune: bool = True
+    #: t2, t3 of eq. (6); t4 of eq. (7)
+    t2: float = 0.6
+    t3: float = 0.4
+    t4: float = 0.65
+    #: smallest residual component (pixels) that becomes a new template
+    residual_min_area: int = 60
+    max_rounds: int = 3
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        c = "SegmentationConfig"
+        for name in ("width", "depth", "crop_size", "batch_size", "max_rounds",
+                     "residual_min_area"):
+            _positive_int(c, name, getattr(self, name))
+        for name in ("steps", "self_steps"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v >= 0, c, name, v, "a non-negative integer")
+        _check(self.lr > 0, c, "lr", self.lr, "a positive number")
+        _check(self.loss in ("confidence", "ce", "weighted"), c, "loss", self.loss,
+               "'confidence', 'ce' or 'weighted'")
+        for name in ("t2", "t3", "t4"):
+            _unit(c, name, getattr(self, name))
+        _check(self.device == "cpu" or self.device.startswith("cuda"), c, "device",
+               self.device, "'cpu' or 'cuda[:N]'")
+
+
+@dataclass(frozen=True)
+class MCFConfig:
+    """The whole framework: detection, segmentation and the loop between them."""
+
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.detection, DetectionConfig), "MCFConfig", "detection",
+               type(self.detection).__name__, "a DetectionConfig")
+        _check(isinstance(self.segmentation, SegmentationConfig), "MCFConfig",
+               "segmentation", type(self.segmentation).__name__, "a SegmentationConfig")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MCFConfig:
+        """Rebuild a config from :func:`config_to_dict` output; unknown keys are errors."""
+        return cls(
+            detection=_from_dict(DetectionConfig, data.get("detection", {})),
+            segmentation=_from_dict(SegmentationConfig, data.get("segmentation", {})),
+        )
+
+
+def _from_dict(cls: type, data: dict[str, Any]):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}")
+    kwargs = {}
+    for k, v in data.items():
+        kwargs[k] = tuple(v) if isinstance(v, list) else v
+    return cls(**kwargs)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return dataclasses.asdict(config)

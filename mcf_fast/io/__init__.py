@@ -1,0 +1,1 @@
+"""Readers, writers, datasets, template sets and tiling."""

@@ -1,0 +1,200 @@
+"""Reading and writing plain images, with the conversions documented in one place.
+
+Every image that enters mcf_fast goes through :func:`as_rgb_uint8`:
+
+- grayscale (H, W) or (H, W, 1): repeated into three channels;
+- RGBA: the alpha channel is dropped (pixels are not composited);
+- uint16: scaled by 255/65535; other integer types must lie in 0..255;
+- float: must lie in [0, 1] and is scaled by 255;
+- NaN or infinite values are an error.
+
+Writers go through :func:`atomic_path`: the file appears under its final name only once it
+is complete, so an interrupted run never leaves a partial output file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from mcf_fast.errors import FormatError, InputError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "read_image",
+    "read_labels",
+    "as_rgb_uint8",
+    "atomic_path",
+    "write_image",
+]
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def _load_array(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            return np.asarray(tifffile.imread(path))
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                return np.asarray(im, dtype=np.uint32 if im.mode == "I" else np.uint16)
+            return np.asarray(im)
+    except InputError:
+        raise
+    except Exception as exc:  # PIL / tifffile raise many types for unreadable files
+        raise FormatError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+
+
+def as_rgb_uint8(image: np.ndarray, *, name: str = "image") -> np.ndarray:
+    """Convert an array to a C-contiguous (H, W, 3) uint8 RGB image.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)
+        Integer or float pixels; see the module docstring for the conversions.
+    name : str
+        How to name the array in error messages (a file name, an argument name).
+
+    Returns
+    -------
+    ndarray, shape (H, W, 3), uint8
+
+    Raises
+    ------
+    InputError
+        For a wrong shape, NaN or infinite values, or values out of the dtype's range.
+
+    Examples
+    --------
+    >>> as_rgb_uint8(np.zeros((4, 5))).shape
+    (4, 5, 3)
+    """
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise InputError(
+            f"{name}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {a.shape}"
+        )
+    if a.shape[0] < 1 or a.shape[1] < 1:
+        raise InputError(f"{name}: empty image of shape {a.shape}")
+    a = a[:, :, :3]
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if a.dtype == np.bool_:
+        return np.ascontiguousarray(a.astype(np.uint8) * 255)
+    if a.dtype == np.uint16:
+        return np.ascontiguousarray(
+            np.round(a.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+        )
+    if np.issubdtype(a.dtype, np.integer):
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi > 255:
+            raise InputError(
+                f"{name}: {a.dtype} values in [{lo}, {hi}]; expected 0..255 "
+                "(or pass uint8 / uint16 / float in [0, 1])"
+            )
+        return np.ascontiguousarray(a.astype(np.uint8))
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.all(np.isfinite(a)):
+            raise InputError(f"{name}: contains NaN or infinite values")
+        lo, hi = float(a.min()), float(a.max())
+        if lo < 0.0 or hi > 1.0:
+            raise InputError(
+                f"{name}: float values in [{lo:g}, {hi:g}]; expected floats in [0, 1]"
+            )
+        return np.ascontiguousarray(np.round(a * 255.0).astype(np.uint8))
+    raise InputError(f"{name}: unsupported dtype {a.dtype}")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB (see :func:`as_rgb_uint8`)."""
+    p = Path(path)
+    return as_rgb_uint8(_load_array(p), name=str(p))
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """Read a label image (instance ids or a binary mask) as a 2-D integer array.
+
+    Raises
+    ------
+    FormatError
+        If the file is not an image or holds more than one channel of distinct values.
+    """
+    p = Path(path)
+    a = _load_array(p)
+    if a.ndim == 3:
+        if a.shape[2] in (3, 4) and np.all(a[:, :, :3] == a[:, :, :1]):
+            a = a[:, :, 0]
+        elif a.shape[2] == 1:
+            a = a[:, :, 0]
+        else:
+            raise FormatError(f"{p}: a label image must have one channel, got shape {a.shape}")
+    if a.ndim != 2:
+        raise FormatError(f"{p}: a label image must be 2-D, got shape {a.shape}")
+    if a.dtype == np.bool_:
+        return a.astype(np.int32)
+    if not np.issubdtype(a.dtype, np.integer):
+        raise FormatError(f"{p}: labels must be integers, got {a.dtype}")
+    if a.size and a.min() < 0:
+        raise FormatError(f"{p}: negative labels")
+    return a.astype(np.int32, copy=False)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` when the block succeeds.
+
+    The temporary file keeps `path`'s suffix so writers that infer the format from the
+    name work.  On error the temporary file is removed and `path` is left untouched.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".part{final.suffix}",
+                               dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write a uint8/uint16 image (PNG, TIFF or JPEG by suffix) atomically."""
+    final = Path(path)
+    a = np.asarray(array)
+    with atomic_path(final) as tmp:
+        if final.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            tifffile.imwrite(tmp, a, compression="zlib")
+        else:
+            from PIL import Image
+
+            if a.dtype not in (np.uint8, np.uint16):
+                raise InputError(f"{final}: can only write uint8 or uint16, got {a.dtype}")
+            Image.fromarray(a).save(tmp, format=_pil_format(final))
+    return final
+
+
+def _pil_format(path: Path) -> str:
+    return {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP",
+            ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")

@@ -1,0 +1,1 @@
+"""Numba kernels: numpy, numba and math only; callers validate and allocate."""

@@ -1,0 +1,1 @@
+"""The U-Net and its trainer: the only subpackage that imports torch."""

@@ -1,0 +1,1 @@
+"""Public array functions: validate, convert, allocate, call a kernel."""

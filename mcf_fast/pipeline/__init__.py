@@ -1,0 +1,1 @@
+"""End-to-end pipelines: the Detector, the MCF loop, whole-slide runs."""

@@ -122,6 +122,28 @@ class SegmentationConfig:
     max_rounds: int = 3
     device: str = "cpu"
     seed: int = 0
+    #: False: no network, the prediction comes from the detection (Table 3 "-seg.")
+    use_network: bool = True
+    #: share of each batch that is synthetic (ours)
+    synthetic_fraction: float = 0.25
+    #: growth of a pasted confident nucleus region, relative to its radius (ours)
+    synthetic_grow: float = 0.3
+    #: random rescaling of pasted nuclei (ours)
+    synthetic_scale: tuple[float, float] = (0.9, 1.2)
+    #: at most this many residual components become templates per round (ours)
+    templates_per_round: int = 3
+    #: side of a new template = this times the component's larger extent (ours)
+    residual_template_scale: float = 2.0
+    #: keep training the previous round's network instead of a fresh one (ours)
+    warm_start: bool = True
+    #: final mask: p1 > threshold; instances smaller than min_nucleus_area are dropped
+    threshold: float = 0.5
+    min_nucleus_area: int = 12
+    #: watershed seeds: "centres" (detected, plus one per unseeded component) or "distance"
+    instance_seeds: str = "centres"
+    #: inference tile side and test-time flips (ours)
+    tile: int = 512
+    tta_flips: bool = False
 
     def __post_init__(self) -> None:
         c = "SegmentationConfig"
@@ -138,6 +160,21 @@ class SegmentationConfig:
             _unit(c, name, getattr(self, name))
         _check(self.device == "cpu" or self.device.startswith("cuda"), c, "device",
                self.device, "'cpu' or 'cuda[:N]'")
+        for name in ("synthetic_fraction", "threshold"):
+            _unit(c, name, getattr(self, name))
+        _check(self.synthetic_grow >= 0, c, "synthetic_grow", self.synthetic_grow,
+               "a non-negative number")
+        lo_hi = self.synthetic_scale
+        _check(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1], c, "synthetic_scale", lo_hi,
+               "(low, high) with 0 < low <= high")
+        for name in ("templates_per_round", "tile"):
+            _positive_int(c, name, getattr(self, name))
+        _check(isinstance(self.min_nucleus_area, int) and self.min_nucleus_area >= 0, c,
+               "min_nucleus_area", self.min_nucleus_area, "a non-negative integer")
+        _check(self.residual_template_scale > 0, c, "residual_template_scale",
+               self.residual_template_scale, "a positive number")
+        _check(self.instance_seeds in ("centres", "distance"), c, "instance_seeds",
+               self.instance_seeds, "'centres' or 'distance'")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,182 @@
+"""Slow, obviously-correct float64 references of the kernels, for parity tests and benchmarks.
+
+Each ``naive_*`` function is a direct loop transcription of the definition; each
+``numpy_*`` function computes the same with whole-array numpy/scipy operations (the
+baseline the benchmarks time beside the fast path) and is itself checked against the
+loop version in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# ----------------------------------------------------------------------------------------
+# Features: colour names and dense HOG (mcf_fast.ops.features)
+# ----------------------------------------------------------------------------------------
+
+
+def naive_color_names(rgb: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """(H, W, 11) float64: the table row of every pixel, one pixel at a time."""
+    h, w = rgb.shape[:2]
+    out = np.zeros((h, w, table.shape[1]))
+    for i in range(h):
+        for j in range(w):
+            r, g, b = (int(v) for v in rgb[i, j, :3])
+            out[i, j] = table[r // 8 + 32 * (g // 8) + 1024 * (b // 8)]
+    return out
+
+
+def numpy_color_names(rgb: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """(H, W, 11): the same gather with numpy fancy indexing."""
+    a = rgb.astype(np.int64)
+    idx = a[..., 0] // 8 + 32 * (a[..., 1] // 8) + 1024 * (a[..., 2] // 8)
+    return table[idx]
+
+
+def _naive_gradient(rgb: np.ndarray, i: int, j: int) -> tuple[int, int]:
+    h, w = rgb.shape[:2]
+    best, bx, by = -1, 0, 0
+    for ch in range(3):
+        gx = int(rgb[i, min(j + 1, w - 1), ch]) - int(rgb[i, max(j - 1, 0), ch])
+        gy = int(rgb[min(i + 1, h - 1), j, ch]) - int(rgb[max(i - 1, 0), j, ch])
+        if gx * gx + gy * gy > best:
+            best, bx, by = gx * gx + gy * gy, gx, gy
+    return bx, by
+
+
+def naive_hog(
+    rgb: np.ndarray, *, bins: int = 9, cell: int = 4, eps: float = 1e-4, clip: float = 0.2
+) -> np.ndarray:
+    """(H, W, bins) float64 dense HOG as defined in mcf_fast.ops.features, with loops."""
+    h, w = rgb.shape[:2]
+    votes = np.zeros((h, w, bins))
+    for i in range(h):
+        for j in range(w):
+            gx, gy = _naive_gradient(rgb, i, j)
+            mag = math.hypot(gx, gy) / 255.0
+            if mag == 0.0:
+                continue
+            theta = math.atan2(gy, gx) % math.pi  # [0, pi)
+            t = theta * bins / math.pi - 0.5
+            b0 = math.floor(t)
+            frac = t - b0
+            votes[i, j, b0 % bins] += mag * (1.0 - frac)
+            votes[i, j, (b0 + 1) % bins] += mag * frac
+    lo = cell // 2
+    hist = np.zeros((h, w, bins))
+    for i in range(h):
+        for j in range(w):
+            for a in range(i - lo, i - lo + cell):
+                for b in range(j - lo, j - lo + cell):
+                    if 0 <= a < h and 0 <= b < w:
+                        hist[i, j] += votes[a, b]
+    energy = (hist**2).sum(axis=2)
+
+    def e(a: int, b: int) -> float:
+        return energy[a, b] if 0 <= a < h and 0 <= b < w else 0.0
+
+    out = np.zeros((h, w, bins))
+    for i in range(h):
+        for j in range(w):
+            for a in (i - cell, i):
+                for b in (j - cell, j):
+                    block = e(a, b) + e(a + cell, b) + e(a, b + cell) + e(a + cell, b + cell)
+                    n = math.sqrt(block + eps)
+                    for k in range(bins):
+                        out[i, j, k] += 0.5 * min(hist[i, j, k] / n, clip)
+    return out
+
+
+def numpy_hog(
+    rgb: np.ndarray, *, bins: int = 9, cell: int = 4, eps: float = 1e-4, clip: float = 0.2
+) -> np.ndarray:
+    """(H, W, bins): the same dense HOG with numpy and scipy.ndimage.uniform_filter."""
+    from scipy.ndimage import uniform_filter
+
+    h, w = rgb.shape[:2]
+    img = rgb[..., :3].astype(np.int64)
+    p = np.pad(img, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    gx = p[1:-1, 2:] - p[1:-1, :-2]
+    gy = p[2:, 1:-1] - p[:-2, 1:-1]
+    m2 = gx * gx + gy * gy
+    ch = np.argmax(m2, axis=2)[..., None]  # first maximum, like the kernel
+    gx = np.take_along_axis(gx, ch, 2)[..., 0].astype(np.float64)
+    gy = np.take_along_axis(gy, ch, 2)[..., 0].astype(np.float64)
+    mag = np.hypot(gx, gy) / 255.0
+    t = np.mod(np.arctan2(gy, gx), np.pi) * bins / np.pi - 0.5
+    b0 = np.floor(t)
+    frac = t - b0
+    b0 = b0.astype(np.int64) % bins
+    b1 = (b0 + 1) % bins
+    hist = np.empty((h, w, bins))
+    for k in range(bins):
+        v = np.where(b0 == k, mag * (1.0 - frac), 0.0) + np.where(b1 == k, mag * frac, 0.0)
+        hist[..., k] = uniform_filter(v, size=cell, mode="constant", cval=0.0) * cell * cell
+    energy = np.pad((hist**2).sum(axis=2), cell)  # zero outside the image
+
+    def e(da: int, db: int) -> np.ndarray:
+        return energy[cell + da : cell + da + h, cell + db : cell + db + w]
+
+    out = np.zeros_like(hist)
+    for a in (-cell, 0):
+        for b in (-cell, 0):
+            block = e(a, b) + e(a + cell, b) + e(a, b + cell) + e(a + cell, b + cell)
+            out += 0.5 * np.minimum(hist / np.sqrt(block + eps)[..., None], clip)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# GDBP, eq. (4) (mcf_fast.ops.gdbp)
+# ----------------------------------------------------------------------------------------
+
+#: E, W, S, N, SE, NW, SW, NE as (row step, column step)
+GDBP_DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (-1, -1), (1, -1), (-1, 1))
+
+
+def naive_gdbp_directions(s: np.ndarray, *, p: int = 3, q: int = 10) -> np.ndarray:
+    """(8, H, W) float64 d_r of eq. (4): the literal double sum, samples clamped to the edge."""
+    h, w = s.shape
+    s = s.astype(np.float64)
+    d = np.zeros((8, h, w))
+
+    def at(i: int, j: int) -> float:
+        return s[min(max(i, 0), h - 1), min(max(j, 0), w - 1)]
+
+    for r, (di, dj) in enumerate(GDBP_DIRECTIONS):
+        for i in range(h):
+            for j in range(w):
+                acc = 0.0
+                for pp in range(1, p + 1):
+                    for qq in range(pp + 1, q + 1):
+                        acc += at(i + di * pp, j + dj * pp) - at(i + di * qq, j + dj * qq)
+                d[r, i, j] = acc
+    return d
+
+
+def naive_gdbp(s: np.ndarray, *, p: int = 3, q: int = 10) -> np.ndarray:
+    """(H, W) float64 D of eq. (4): sum of the d_r where all eight are positive, else 0."""
+    d = naive_gdbp_directions(s, p=p, q=q)
+    return np.where((d > 0).all(axis=0), d.sum(axis=0), 0.0)
+
+
+def numpy_gdbp(s: np.ndarray, *, p: int = 3, q: int = 10) -> np.ndarray:
+    """(H, W): the same D with whole-array numpy slices of an edge-padded map."""
+    h, w = s.shape
+    pad = np.pad(s.astype(np.float64), q, mode="edge")
+    total = np.zeros((h, w))
+    ok = np.ones((h, w), bool)
+    for di, dj in GDBP_DIRECTIONS:
+        d = np.zeros((h, w))
+        for pp in range(1, p + 1):
+            near = pad[q + di * pp : q + di * pp + h, q + dj * pp : q + dj * pp + w]
+            for qq in range(pp + 1, q + 1):
+                far = pad[q + di * qq : q + di * qq + h, q + dj * qq : q + dj * qq + w]
+                d += near - far
+        total += d
+        ok &= d > 0
+    return np.where(ok, total, 0.0)
+
+
+# ---- end of the features / GDBP references ----------------------------------------------

@@ -1,0 +1,188 @@
+"""The evaluation harness end to end on a tiny synthetic train/test dataset."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_baselines import synthetic_he
+
+from mcf_fast.cli import main
+from mcf_fast.config import MCFConfig, SegmentationConfig
+from mcf_fast.errors import ConfigError, DataError
+from mcf_fast.io.images import write_image
+from mcf_fast.metrics import METRIC_KEYS, score_folder
+from mcf_fast.pipeline.baselines import WatershedParams
+from mcf_fast.pipeline.evaluate import PAPER, results_markdown, run_evaluation
+
+HAVE_MCF = importlib.util.find_spec("mcf_fast.pipeline.mcf") is not None
+HAVE_DETECTOR = importlib.util.find_spec("mcf_fast.pipeline.detector") is not None
+needs_mcf = pytest.mark.skipif(not HAVE_MCF, reason="mcf_fast.pipeline.mcf not available")
+needs_detector = pytest.mark.skipif(not HAVE_DETECTOR,
+                                    reason="mcf_fast.pipeline.detector not available")
+
+
+def _scene(seed: int, shape=(128, 128)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres, radii = [], []
+    for cy in range(18, shape[0] - 10, 26):
+        for cx in range(18, shape[1] - 10, 26):
+            centres.append((cy + rng.uniform(-3, 3), cx + rng.uniform(-3, 3)))
+            radii.append(rng.uniform(6, 8.5))
+    return synthetic_he(shape, centres, radii, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """ROOT/{train,test}/{images,masks}: two images each, drawn disks."""
+    root = tmp_path_factory.mktemp("tiny_ds")
+    for split, seeds in (("train", (1, 2)), ("test", (3, 4))):
+        for s in seeds:
+            img, lab = _scene(s)
+            write_image(root / split / "images" / f"img{s}.png", img)
+            write_image(root / split / "masks" / f"img{s}.png", lab.astype(np.uint16))
+    return root
+
+
+TINY = MCFConfig(
+    segmentation=SegmentationConfig(width=4, depth=2, crop_size=64, batch_size=2, steps=3,
+                                    self_steps=1, max_rounds=1, tile=128)
+)
+
+
+def _aggregate_close(a: dict, b: dict) -> None:
+    for k in METRIC_KEYS:
+        assert a[k] == pytest.approx(b[k], abs=1e-12), k
+
+
+def test_watershed_end_to_end(dataset, tmp_path):
+    out = tmp_path / "eval"
+    report = run_evaluation(dataset, out=out, n_templates=3, methods="watershed", config=TINY,
+                            tune_crop=None, progress=False, command="test command")
+    assert report["complete"] and report["n_train"] == 2 and report["n_test"] == 2
+    (row,) = report["runs"]
+    assert row["method"] == "watershed" and row["stain"] == "none"
+    assert row["aggregate"]["Dice"] > 0.85 and row["aggregate"]["F1@6"] > 0.9
+    assert row["tuning"]["n_evaluated"] > 1
+    # what was written is what was scored: `mcf score` finds the same numbers
+    rescored = score_folder(dataset / "test", out / "watershed")
+    _aggregate_close(rescored["aggregate"], row["aggregate"])
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["complete"] and on_disk["runs"][0]["aggregate"]["Dice"] == pytest.approx(
+        row["aggregate"]["Dice"])
+    assert (out / "templates.json").is_file()
+    md = (out / "results.md").read_text()
+    assert "test command" in md and "watershed baseline" in md
+    assert f"{PAPER['table1']['MCF']['Dice']:.2f}" in md  # the paper's MCF beside ours
+    assert "cores" in md and "UTC" in md
+    assert not list(out.rglob("*.part*"))  # atomic writes left no temporary files
+
+
+def test_watershed_with_stain_and_given_params(dataset, tmp_path):
+    params = WatershedParams(sigma=1.0, min_distance=5)
+    report = run_evaluation(dataset, out=tmp_path, methods=["watershed"], stain="none,macenko",
+                            config=TINY, watershed_params=params, n_templates=2,
+                            progress=False)
+    rows = report["runs"]
+    assert [r["stain"] for r in rows] == ["none", "macenko"]
+    assert rows[1]["pred_dir"] == "watershed-macenko"
+    assert rows[0]["params"] == params.to_dict() and "tuning" not in rows[0]
+    assert report["stain"]["macenko"]["reference"] == "img1"
+    assert len(report["stain"]["macenko"]["stain_matrix"]) == 2
+    for r in rows:
+        assert r["aggregate"]["Dice"] > 0.8
+        assert sorted(p.name for p in (tmp_path / r["pred_dir"]).glob("*.png")) == [
+            "img3.png", "img4.png"]
+
+
+def test_cli_watershed_limit(dataset, tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main(["evaluate", "--data", str(dataset), "--out", str(out), "--method", "watershed",
+               "--n-templates", "2", "--limit", "1", "--no-progress", "--preset", "quick"]
+              if HAVE_MCF else
+              ["evaluate", "--data", str(dataset), "--out", str(out), "--method", "watershed",
+               "--n-templates", "2", "--limit", "1", "--no-progress"])
+    if rc != 0 and not importlib.util.find_spec("mcf_fast.presets"):
+        pytest.skip("mcf_fast.presets not available")
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "watershed" in printed and "Dice" in printed
+    report = json.loads((out / "results.json").read_text())
+    assert report["limited"] and report["n_test"] == 1
+    assert report["command"].startswith("mcf evaluate --data")
+    assert "--limit 1" in report["command"]
+    assert len(list((out / "watershed").glob("*.png"))) == 1
+
+
+def test_errors(dataset, tmp_path):
+    with pytest.raises(ConfigError, match="method"):
+        run_evaluation(dataset, out=tmp_path, methods="magic", config=TINY)
+    with pytest.raises(ConfigError, match="stain"):
+        run_evaluation(dataset, out=tmp_path, methods="watershed", stain="sepia", config=TINY)
+    with pytest.raises(ConfigError, match="template count"):
+        run_evaluation(dataset, out=tmp_path, methods="watershed", templates_sweep="2,0",
+                       config=TINY)
+    with pytest.raises(DataError, match="test"):
+        run_evaluation(dataset / "train", out=tmp_path, methods="watershed", config=TINY)
+    assert main(["evaluate", "--data", str(dataset), "--out", str(tmp_path),
+                 "--method", "nope", "--no-progress"]) == 1
+
+
+def test_results_markdown_sections():
+    agg = {k: 0.5 for k in METRIC_KEYS}
+    row = {"aggregate": agg, "wall_s": 1.0, "pred_dir": "x", "stain": "none"}
+    report = {
+        "command": "mcf evaluate", "date": "2026-01-01 00:00 UTC",
+        "machine": {"cpu": "cpu", "cpu_cores": 2, "os": "Linux", "python": "3.11"},
+        "wall_s": 3.0, "complete": True, "data": "d", "n_train": 1, "n_test": 1,
+        "n_templates": 10, "seed": 0, "templates_file": "templates.json", "preset": "quick",
+        "device": "cpu", "stain": {},
+        "runs": [
+            {**row, "section": "main", "method": "mcf", "variant": ""},
+            {**row, "section": "ablation-detection", "method": "detector", "variant": "-CFF"},
+            {**row, "section": "ablation-segmentation", "method": "mcf", "variant": "CE"},
+            {**row, "section": "sweep", "method": "mcf", "variant": "n=4", "n_templates": 4},
+        ],
+    }
+    md = results_markdown(report)
+    for heading in ("## Main results", "## Ablation: detection branch",
+                    "## Ablation: segmentation branch", "## Number of templates"):
+        assert heading in md
+    assert "| 50.00 |" in md
+    assert "*59.92*" in md  # paper's -CFF precision
+    assert "*55.73*" in md  # paper's CE Dice
+    assert "*80.49*" in md  # paper's supervised U-Net Dice
+
+
+@needs_mcf
+@needs_detector
+def test_mcf_and_supervised_end_to_end(dataset, tmp_path):
+    report = run_evaluation(dataset, out=tmp_path, n_templates=3, methods="mcf",
+                            supervised=True, config=TINY, progress=False)
+    methods = [r["method"] for r in report["runs"]]
+    assert methods == ["mcf", "supervised"]
+    for r in report["runs"]:
+        assert set(METRIC_KEYS) <= set(r["aggregate"])
+        assert len(list((tmp_path / r["pred_dir"]).glob("*.png"))) == 2
+    mcf_row = report["runs"][0]
+    assert len(list((tmp_path / "mcf").glob("*.csv"))) == 2  # detected centres
+    rescored = score_folder(dataset / "test", tmp_path / "mcf")
+    _aggregate_close(rescored["aggregate"], mcf_row["aggregate"])
+
+
+@needs_mcf
+@needs_detector
+def test_ablation_and_sweep(dataset, tmp_path):
+    report = run_evaluation(dataset, out=tmp_path, n_templates=2, methods="mcf",
+                            ablation=True, templates_sweep="1,2", config=TINY, progress=False)
+    by_section: dict[str, list[str]] = {}
+    for r in report["runs"]:
+        by_section.setdefault(r["section"], []).append(r["variant"])
+    assert by_section["ablation-detection"] == ["MCF", "-CFF", "-MFF", "H=1", "mean", "-GDBP"]
+    assert by_section["ablation-segmentation"] == ["-seg.", "-self.", "-syn.", "CE", "+weig."]
+    assert by_section["sweep"] == ["n=1", "n=2"]
+    md = (tmp_path / "results.md").read_text()
+    assert "## Ablation: detection branch" in md and "## Number of templates" in md

@@ -1,0 +1,815 @@
+"""Whole-slide runs on dask.distributed: tiles in, streamed results out.
+
+A run cuts the slide into tiles (:mod:`mcf_fast.io.tiling`), skips tiles without tissue,
+and sends one task per tile to a dask cluster: a :class:`~distributed.LocalCluster` by
+default, or any running scheduler.  The predictor travels to the workers once, in a worker
+plugin that the scheduler also hands to workers that join (or restart) later; each task
+receives only its tile's coordinates.  A task reads its read region, predicts, applies the
+ownership rule, measures its nuclei and writes one result file (``tiles/tile_NNNNNN.npz``,
+atomically); it returns only a small summary.  As each tile finishes, the client copies
+its core labels into the Zarr store and appends a line to ``manifest.jsonl``, so memory
+does not grow with the slide and an interrupted run resumes where it stopped: tiles already
+in the manifest (with their result file) are skipped.  At the end the GeoJSON, the CSV and
+the overlay are assembled from the result files, one tile at a time, in tile order.
+
+Faults: a tile that cannot be read (or whose prediction raises) is logged, listed in the
+report and left out of the manifest, so a re-run retries it; the other tiles finish.  A
+worker that dies is replaced by its nanny and its tasks are rescheduled by dask; because the
+client records each tile once, by index, and result files are replaced atomically, every
+tile appears exactly once in the outputs.
+
+Predictors implement :class:`TilePredictor`; :func:`load_predictor` adapts a template set
+(:class:`~mcf_fast.pipeline.detector.Detector`) or a model bundle
+(:class:`~mcf_fast.pipeline.mcf.MCFModel`).
+
+Normalisation: a predictor whose output depends on a per-image statistic (the detector
+normalises its fused response to [0, 1] over the image; stain normalisers estimate stain
+vectors per image) would give each tile its own scale, and nuclei near a threshold would
+come and go from tile to tile.  Predictors that can, expose ``calibration(samples)`` and
+``calibrated(state)``: the run computes one slide-level state from a few tissue tiles spread
+over the slide, stores it in ``run.json`` (so a resumed run uses the same one) and every
+tile is predicted with it.  See docs/slides.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from mcf_fast.errors import ConfigError, InputError, McfError
+from mcf_fast.io.export import (
+    finish_label_store,
+    iter_features,
+    measure_nuclei,
+    open_label_store,
+    overlay,
+    write_csv,
+    write_geojson,
+)
+from mcf_fast.io.images import atomic_path
+from mcf_fast.io.slides import SlideReader, open_slide, tissue_mask
+from mcf_fast.io.tiling import Tile, associate, tile_grid, tile_labels
+
+__all__ = [
+    "TilePredictor",
+    "BlobPredictor",
+    "DetectorPredictor",
+    "ModelPredictor",
+    "PredictorSpec",
+    "load_predictor",
+    "nearest_centre_labels",
+    "predict_tiled",
+    "SlideReport",
+    "run_slide",
+]
+
+log = logging.getLogger("mcf_fast.slide")
+
+#: file names inside the output folder
+RUN_FILE, MANIFEST, TILES_DIR = "run.json", "manifest.jsonl", "tiles"
+LABELS, GEOJSON, CSV, OVERLAY, REPORT, LOG = ("labels.zarr", "nuclei.geojson", "nuclei.csv",
+                                               "overlay.png", "report.json", "run.log")
+
+
+# ============================================================================ predictors
+@runtime_checkable
+class TilePredictor(Protocol):
+    """What a slide run needs from a model.
+
+    ``predict_tile(rgb)`` takes (h, w, 3) uint8 and returns ``(labels, centres)``: an
+    (h, w) int32 instance map and the (N, 2) float (y, x) centres, where label ``k`` is the
+    nucleus of ``centres[k - 1]`` (:func:`mcf_fast.io.tiling.associate` makes any pair so).
+    ``halo`` is how many pixels of context each side the prediction needs so that the
+    labels of every nucleus whose centre lies in the middle do not change: the reach of its
+    filters plus the largest nucleus.  Optionally ``calibration(samples) -> dict`` and
+    ``calibrated(state) -> TilePredictor`` fix a per-image normalisation at slide level.
+    """
+
+    halo: int
+
+    def predict_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _hematoxylin(rgb: np.ndarray) -> np.ndarray:
+    from skimage.color import rgb2hed
+
+    return rgb2hed(rgb)[:, :, 0]
+
+
+def nearest_centre_labels(foreground: np.ndarray, markers: np.ndarray, *,
+                          radius: float) -> np.ndarray:
+    """Give each foreground pixel to the nearest marker within `radius` (a masked Voronoi).
+
+    Unlike a watershed, whose flooding can carry a label along long paths, this rule is
+    local: a pixel's label depends only on the markers within `radius`, so a tile with a
+    halo of twice the radius labels its core exactly as the whole image does.
+
+    Parameters
+    ----------
+    foreground : ndarray, shape (H, W), bool
+    markers : ndarray, shape (H, W), int
+        One pixel per marker, holding its label; 0 elsewhere.
+    radius : float
+
+    Returns
+    -------
+    ndarray, shape (H, W), int32
+        Marker pixels always keep their own label.
+    """
+    from scipy import ndimage as ndi
+
+    m = np.asarray(markers)
+    if not m.any():
+        return np.zeros(m.shape, np.int32)
+    dist, (iy, ix) = ndi.distance_transform_edt(m == 0, return_indices=True)
+    labels = np.where(np.asarray(foreground, bool) & (dist <= radius), m[iy, ix], 0)
+    labels = np.where(m > 0, m, labels)
+    return labels.astype(np.int32)
+
+
+@dataclass(frozen=True)
+class BlobPredictor:
+    """A small classical predictor: hematoxylin blobs split by a seeded watershed.
+
+    Not the paper's method: a deterministic stand-in to test and time the slide machinery
+    without a fitted model (``mcf slide --model blob``).  The hematoxylin channel (colour
+    deconvolution) is smoothed by a Gaussian of `sigma`, divided by a normalisation
+    constant (its 99th percentile over the image, or the slide-level `norm` once
+    calibrated), and local maxima above `threshold` at least `min_distance` apart become
+    centres; nucleus pixels (above `threshold`, within `radius` of a centre) go to the
+    nearest centre (:func:`nearest_centre_labels`).
+
+    Parameters
+    ----------
+    sigma, threshold, min_distance, radius : see above
+    norm : float, optional
+        Slide-level normalisation constant; None normalises each image by itself.
+    """
+
+    sigma: float = 2.5
+    threshold: float = 0.45
+    min_distance: int = 7
+    radius: int = 14
+    norm: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.sigma > 0:
+            raise ConfigError(f"BlobPredictor.sigma = {self.sigma!r}: expected > 0")
+        if not 0 < self.threshold < 10:
+            raise ConfigError(f"BlobPredictor.threshold = {self.threshold!r}: expected (0, 10)")
+        if self.min_distance < 1 or self.radius < 1:
+            raise ConfigError("BlobPredictor.min_distance and radius must be >= 1")
+        if self.norm is not None and not self.norm > 0:
+            raise ConfigError(f"BlobPredictor.norm = {self.norm!r}: expected > 0")
+
+    @property
+    def halo(self) -> int:
+        # smoothing reach + maximum window + a nucleus reaching out of the core (radius) whose
+        # pixels are decided by centres up to another radius away
+        return 2 * self.radius + self.min_distance + math.ceil(4 * self.sigma) + 2
+
+    def _smooth(self, rgb: np.ndarray) -> np.ndarray:
+        from scipy import ndimage as ndi
+
+        return ndi.gaussian_filter(_hematoxylin(rgb), self.sigma, mode="reflect", truncate=4.0)
+
+    def calibration(self, samples: Sequence[np.ndarray]) -> dict[str, float]:
+        """The slide-level normalisation: the 99th percentile over all sample pixels."""
+        vals = np.concatenate([self._smooth(s).ravel() for s in samples])
+        return {"norm": float(max(np.percentile(vals, 99.0), 1e-6))}
+
+    def calibrated(self, state: dict[str, float]) -> BlobPredictor:
+        return replace(self, norm=float(state["norm"]))
+
+    def predict_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from scipy import ndimage as ndi
+
+        hs = self._smooth(rgb)
+        norm = self.norm if self.norm is not None else max(np.percentile(hs, 99.0), 1e-6)
+        s = hs / norm
+        size = 2 * self.min_distance + 1
+        peaks = (s == ndi.maximum_filter(s, size=size, mode="nearest")) & (s > self.threshold)
+        ys, xs = np.nonzero(peaks)
+        centres = np.stack([ys, xs], axis=1).astype(np.float64)
+        markers = np.zeros(s.shape, np.int32)
+        markers[ys, xs] = np.arange(1, len(ys) + 1, dtype=np.int32)
+        if len(ys) == 0:
+            return markers, centres.reshape(0, 2)
+        labels = nearest_centre_labels(s > self.threshold, markers, radius=self.radius)
+        return labels, centres
+
+
+class DetectorPredictor:
+    """Adapt a :class:`~mcf_fast.pipeline.detector.Detector` to :class:`TilePredictor`.
+
+    Centres are the detector's; instances are its nucleus pseudo-mask pixels
+    (``pseudo_mask == 1``), each given to the nearest centre within half a nucleus size
+    (:func:`nearest_centre_labels`; a centre outside the mask keeps a one-pixel shape).
+
+    Parameters
+    ----------
+    detector : Detector
+    nucleus_size : int, optional
+        Diameter in pixels of the largest nucleus expected; defaults to the detector's
+        largest filter.
+    """
+
+    def __init__(self, detector: Any, *, nucleus_size: int | None = None,
+                 response_range: tuple[float, float] | None = None) -> None:
+        self.detector = detector
+        reach = int(getattr(detector, "max_filter_size", 64))
+        self.nucleus_size = int(nucleus_size or reach)
+        self.response_range = response_range
+        cfg = getattr(detector, "config", None)
+        q = int(getattr(getattr(cfg, "detection", cfg), "gdbp_q", 10) or 10)
+        # correlation (half a filter) + zero-sum Gaussian weighting (half a filter) + GDBP
+        # (Q steps) + the pseudo-mask window (half a filter) + the nucleus itself
+        self.halo = int(1.5 * reach + q + self.nucleus_size + 8)
+
+    def __repr__(self) -> str:
+        return f"DetectorPredictor(halo={self.halo}, nucleus_size={self.nucleus_size})"
+
+    def _detect(self, rgb: np.ndarray):
+        det = self.detector
+        if self.response_range is not None:
+            try:
+                return det.detect(rgb, response_range=self.response_range)
+            except TypeError:  # a Detector without slide-level normalisation
+                pass
+        return det.detect(rgb)
+
+    def calibration(self, samples: Sequence[np.ndarray]) -> dict[str, Any]:
+        """Slide-level response range, when the detector can report its raw response."""
+        raw = getattr(self.detector, "raw_response", None)
+        if raw is None:
+            return {}
+        lo, hi = math.inf, -math.inf
+        for s in samples:
+            r = np.asarray(raw(s))
+            lo, hi = min(lo, float(r.min())), max(hi, float(r.max()))
+        return {"response_range": [lo, hi]} if hi > lo else {}
+
+    def calibrated(self, state: dict[str, Any]) -> DetectorPredictor:
+        rr = state.get("response_range")
+        return DetectorPredictor(self.detector, nucleus_size=self.nucleus_size,
+                                 response_range=None if rr is None else (rr[0], rr[1]))
+
+    def predict_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        det = self._detect(rgb)
+        centres = np.asarray(det.centres, dtype=np.int64).reshape(-1, 2)
+        fg = np.asarray(det.pseudo_mask) == 1
+        markers = np.zeros(fg.shape, np.int32)
+        if len(centres):
+            markers[centres[:, 0], centres[:, 1]] = np.arange(1, len(centres) + 1)
+        labels = nearest_centre_labels(fg, markers, radius=self.nucleus_size / 2)
+        return associate(labels, centres.astype(np.float64))
+
+
+class ModelPredictor:
+    """Adapt an :class:`~mcf_fast.pipeline.mcf.MCFModel` (a fitted bundle) to
+    :class:`TilePredictor`: its instance labels and their centres."""
+
+    def __init__(self, model: Any, *, halo: int | None = None) -> None:
+        self.model = model
+        det = getattr(model, "detector", None)
+        reach = int(getattr(det, "max_filter_size", 64))
+        # detection reach (see DetectorPredictor) plus the U-Net's receptive field share
+        self.halo = int(halo or (1.5 * reach + 10 + reach + 8 + 64))
+
+    def __repr__(self) -> str:
+        return f"ModelPredictor(halo={self.halo})"
+
+    def predict_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pred = self.model.predict(rgb)
+        return associate(np.asarray(pred.labels), np.asarray(pred.centres, np.float64))
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    """A predictor described by a path (or ``"blob"``), built where it is needed.
+
+    Workers build it once from this small description instead of receiving the model's
+    arrays; on a remote cluster the path must be readable by the workers.
+    """
+
+    source: str
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> TilePredictor:
+        pred = load_predictor(self.source)
+        if self.calibration and hasattr(pred, "calibrated"):
+            pred = pred.calibrated(self.calibration)
+        return pred
+
+
+def load_predictor(source: str | os.PathLike) -> TilePredictor:
+    """Build a predictor from what the user gave as ``--model``.
+
+    ``"blob"`` is :class:`BlobPredictor`; a ``.json`` file is a template set (a
+    :class:`~mcf_fast.pipeline.detector.Detector` built from it); anything else is a model
+    bundle written by ``mcf fit``.
+
+    Raises
+    ------
+    InputError
+        If the path does not exist.
+    FormatError
+        If the file is neither a template set nor a model bundle.
+    """
+    if str(source) == "blob":
+        return BlobPredictor()
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{path}: no such model or template set")
+    if path.suffix.lower() == ".json":
+        from mcf_fast.io.templates import TemplateSet
+        from mcf_fast.pipeline.detector import Detector
+
+        return DetectorPredictor(Detector(TemplateSet.load(path)))
+    from mcf_fast.pipeline.mcf import MCFModel
+
+    return ModelPredictor(MCFModel.load(path))
+
+
+# ============================================================================ one tile
+@dataclass
+class _Job:
+    key: str
+    reader: SlideReader
+    predictor: Any  # TilePredictor or PredictorSpec
+    tiles_dir: str
+
+
+_JOBS: dict[str, _Job] = {}
+_BUILT: dict[str, tuple[SlideReader, TilePredictor]] = {}
+
+
+def _materialise(key: str) -> tuple[SlideReader, TilePredictor]:
+    if key not in _BUILT:
+        job = _JOBS.get(key)
+        if job is None:
+            raise McfError(f"slide job {key} is not registered on this worker")
+        pred = job.predictor.build() if isinstance(job.predictor, PredictorSpec) \
+            else job.predictor
+        _BUILT[key] = (job.reader, pred)
+    return _BUILT[key]
+
+
+def _plugin_class():
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class SlideJobPlugin(WorkerPlugin):
+        """Carries one run's reader and predictor to every worker, once."""
+
+        def __init__(self, job: _Job) -> None:
+            self.job = job
+            self.name = f"mcf-slide-{job.key}"
+
+        # this class is pickled by value: reach the registries through the real module
+        def setup(self, worker=None) -> None:
+            from mcf_fast.pipeline import slide as module
+
+            module._JOBS[self.job.key] = self.job
+
+        def teardown(self, worker=None) -> None:
+            from mcf_fast.pipeline import slide as module
+
+            module._JOBS.pop(self.job.key, None)
+            module._BUILT.pop(self.job.key, None)
+
+    return SlideJobPlugin
+
+
+def _tile_file(index: int) -> str:
+    return f"tile_{index:06d}.npz"
+
+
+def _process_tile(key: str, tile: Tile) -> dict[str, Any]:
+    """Run one tile (on a worker): read, predict, own, measure, write its result file."""
+    t0 = time.perf_counter()
+    job = _JOBS.get(key)
+    if job is None:
+        raise McfError(f"slide job {key} is not registered on this worker")
+    reader, predictor = _materialise(key)
+    base = {"tile": tile.index, "core": list(tile.core)}
+    y0, x0, y1, x1 = tile.read
+    try:
+        rgb = reader.read_region(y0, x0, y1 - y0, x1 - x0)
+    except Exception as exc:  # any backend error means this tile cannot be read
+        return {**base, "status": "unreadable", "error": f"{type(exc).__name__}: {exc}"}
+    try:
+        labels, centres = predictor.predict_tile(rgb)
+        tl = tile_labels(labels, centres, tile, width=reader.shape[1])
+        table = measure_nuclei(tl.labels, rgb, ids=tl.ids, centres=tl.centres,
+                               origin=(y0, x0), downsample=reader.downsample, mpp=reader.mpp,
+                               slide_shape=reader.shape, read_box=tile.read)
+    except Exception as exc:  # reported per tile so that the other tiles finish
+        return {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    path = Path(job.tiles_dir) / _tile_file(tile.index)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, core=tl.core, **table)
+    return {**base, "status": "ok", "file": path.name, "n": int(len(tl.ids)),
+            "seconds": round(time.perf_counter() - t0, 4),
+            "pixels": int((tile.core[2] - tile.core[0]) * (tile.core[3] - tile.core[1]))}
+
+
+def predict_tiled(image: Any, predictor: TilePredictor, *, tile: int = 1024,
+                  margin: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tile an image in memory and stitch the result (no dask, no files).
+
+    The same tiling, ownership rule and ids as :func:`run_slide`; with ``tile`` at least
+    the image size it is the whole-image prediction.
+
+    Parameters
+    ----------
+    image : ndarray or SlideReader
+    predictor : TilePredictor
+    tile, margin : int
+        Core side; halo (at least ``predictor.halo``).
+
+    Returns
+    -------
+    labels : ndarray, shape (H, W), int64
+        Slide-wide ids (:func:`~mcf_fast.io.tiling.instance_ids`), 0 background.
+    ids : ndarray, shape (N,), int64
+        The nuclei, sorted by id.
+    centres : ndarray, shape (N, 2), float64
+    """
+    reader = open_slide(image)
+    m = max(int(margin or 0), int(predictor.halo))
+    H, W = reader.shape
+    out = np.zeros((H, W), np.int64)
+    ids, cents = [], []
+    for t in tile_grid((H, W), tile=tile, margin=m):
+        y0, x0, y1, x1 = t.read
+        labels, centres = predictor.predict_tile(reader.read_region(y0, x0, y1 - y0, x1 - x0))
+        tl = tile_labels(labels, centres, t, width=W)
+        out[t.core[0]:t.core[2], t.core[1]:t.core[3]] = tl.core
+        ids.append(tl.ids)
+        cents.append(tl.centres)
+    all_ids = np.concatenate(ids)
+    order = np.argsort(all_ids, kind="stable")
+    return out, all_ids[order], np.concatenate(cents)[order]
+
+
+# ============================================================================ the run
+@dataclass
+class SlideReport:
+    """The summary of a run (also written to ``report.json``)."""
+
+    slide: str
+    shape: tuple[int, int]
+    level: int
+    mpp: float | None
+    tile: int
+    margin: int
+    n_tiles: int
+    n_tissue: int
+    n_resumed: int = 0
+    n_processed: int = 0
+    n_nuclei: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    megapixels: float = 0.0
+    workers: int = 0
+    calibration: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.megapixels / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["complete"] = self.complete
+        d["megapixels_per_second"] = round(self.megapixels_per_second, 4)
+        return d
+
+
+def _read_manifest(path: Path, tiles_dir: Path) -> dict[int, dict[str, Any]]:
+    done: dict[int, dict[str, Any]] = {}
+    if not path.exists():
+        return done
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a crash: that tile is redone
+                continue
+            if rec.get("status") == "ok" and (tiles_dir / rec["file"]).exists():
+                done[int(rec["tile"])] = rec
+    return done
+
+
+def _describe(predictor: Any) -> str:
+    return predictor.source if isinstance(predictor, PredictorSpec) else repr(predictor)
+
+
+def _calibration_tiles(tiles: list[Tile], n: int) -> list[Tile]:
+    if n <= 0 or not tiles:
+        return []
+    pick = np.unique(np.linspace(0, len(tiles) - 1, min(n, len(tiles))).round().astype(int))
+    return [tiles[i] for i in pick]
+
+
+def _start_client(workers: int | None, scheduler: str | None):
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="20s"), None
+        except (OSError, TimeoutError) as exc:
+            raise InputError(f"--scheduler {scheduler}: cannot connect ({exc})") from exc
+    n = workers or max(1, os.cpu_count() or 1)
+    threads = str(max(1, (os.cpu_count() or 1) // n))
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                           dashboard_address=None,
+                           env={"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads})
+    return Client(cluster), cluster
+
+
+def run_slide(slide: Any, predictor: TilePredictor | PredictorSpec | str | os.PathLike,
+              out: str | os.PathLike, *, tile: int = 1024, margin: int | None = None,
+              level: int = 0, mpp: float | None = None, workers: int | None = None,
+              scheduler: str | None = None, client: Any = None,
+              skip_background: bool = True, n_calibration: int = 4,
+              overlay_side: int = 2048, progress: bool = True,
+              on_tile: Callable[[dict[str, Any]], None] | None = None) -> SlideReport:
+    """Detect and segment nuclei over a whole slide, on dask, streaming results to `out`.
+
+    Parameters
+    ----------
+    slide : path-like, ndarray or SlideReader
+        See :func:`~mcf_fast.io.slides.open_slide`.
+    predictor : TilePredictor, PredictorSpec, path or "blob"
+        A path is a template set (``.json``) or a model bundle (:func:`load_predictor`);
+        workers load it themselves, once each.
+    out : path-like
+        Output folder: ``labels.zarr``, ``nuclei.geojson``, ``nuclei.csv``, ``overlay.png``,
+        ``report.json``, ``run.log``, and the run's state (``run.json``,
+        ``manifest.jsonl``, ``tiles/``) that a re-run resumes from.
+    tile : int
+        Core side in pixels (also the Zarr chunk side).
+    margin : int, optional
+        Halo in pixels; at least ``predictor.halo`` (the default).
+    level : int
+        Pyramid level to process.
+    mpp : float, optional
+        Microns per pixel at level 0, overriding the slide's metadata.
+    workers : int, optional
+        Processes of the LocalCluster (default: one per CPU); ``0`` runs in this process
+        without dask (for debugging).
+    scheduler : str, optional
+        Address of a running dask scheduler to use instead of a LocalCluster.
+    client : distributed.Client, optional
+        An existing client to use (then `workers` and `scheduler` are ignored).
+    skip_background : bool
+        Skip tiles with no tissue in the low-resolution tissue mask.
+    n_calibration : int
+        Tissue tiles read to fix the slide-level normalisation (0: none).
+    overlay_side : int
+        Longest side of the overlay PNG.
+    progress : bool
+        Show a progress bar on stderr.
+    on_tile : callable, optional
+        Called in this process with each tile's summary as it is recorded.
+
+    Returns
+    -------
+    SlideReport
+        ``failed`` lists tiles that could not be read or predicted; a re-run retries them.
+
+    Raises
+    ------
+    InputError, FormatError
+        For an unreadable slide or model.
+    ConfigError
+        If `out` holds a run made with other parameters.
+    """
+    t_start = time.perf_counter()
+    reader = open_slide(slide, level=level, mpp=mpp)
+    if isinstance(predictor, (str, os.PathLike)):
+        predictor = PredictorSpec(str(predictor))
+    local_pred = predictor.build() if isinstance(predictor, PredictorSpec) else predictor
+    if not isinstance(local_pred, TilePredictor):
+        raise InputError(f"predictor: {type(local_pred).__name__} has no predict_tile/halo")
+    halo = int(local_pred.halo)
+    m = max(int(margin) if margin is not None else 0, halo)
+    if margin is not None and int(margin) < halo:
+        log.warning("margin %d is below the predictor's halo %d; using %d", margin, halo, m)
+    tiles = tile_grid(reader.shape, tile=tile, margin=m)
+
+    out_dir = Path(out)
+    tiles_dir = out_dir / TILES_DIR
+    tiles_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out_dir / LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    old_level = log.level
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    try:
+        return _run(reader, predictor, local_pred, tiles, out_dir, tiles_dir, tile=tile,
+                    margin=m, level=level, workers=workers, scheduler=scheduler,
+                    client=client, skip_background=skip_background,
+                    n_calibration=n_calibration, overlay_side=overlay_side,
+                    progress=progress, on_tile=on_tile, t_start=t_start)
+    finally:
+        log.setLevel(old_level)
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile],
+         out_dir: Path, tiles_dir: Path, *, tile: int, margin: int, level: int,
+         workers: int | None, scheduler: str | None, client: Any, skip_background: bool,
+         n_calibration: int, overlay_side: int, progress: bool,
+         on_tile: Callable[[dict[str, Any]], None] | None, t_start: float) -> SlideReport:
+    from tqdm.auto import tqdm
+
+    tissue = tissue_mask(reader) if skip_background else None
+    todo = [t for t in tiles if tissue is None or tissue.any_in(*t.core)]
+    params = {"slide": reader.name, "shape": list(reader.shape), "level": level,
+              "downsample": reader.downsample, "mpp": reader.mpp, "tile": tile,
+              "margin": margin, "predictor": _describe(predictor)}
+    run_file = out_dir / RUN_FILE
+    calibration: dict[str, Any] = {}
+    if run_file.exists():
+        prev = json.loads(run_file.read_text(encoding="utf-8"))
+        diff = {k: (prev.get(k), v) for k, v in params.items() if prev.get(k) != v}
+        if diff:
+            raise ConfigError(f"{out_dir}: holds a run with other parameters "
+                              f"{ {k: v[0] for k, v in diff.items()} } (now "
+                              f"{ {k: v[1] for k, v in diff.items()} }); use another --out")
+        calibration = prev.get("calibration", {})
+    elif n_calibration > 0 and hasattr(local_pred, "calibration") and todo:
+        samples = []
+        for t in _calibration_tiles(todo, n_calibration):
+            y0, x0, y1, x1 = t.read
+            try:
+                samples.append(reader.read_region(y0, x0, y1 - y0, x1 - x0))
+            except Exception as exc:  # an unreadable sample is skipped, the run reports it
+                log.warning("calibration: tile %d unreadable (%s)", t.index, exc)
+        if samples:
+            calibration = dict(local_pred.calibration(samples))
+    if not run_file.exists():
+        with atomic_path(run_file) as tmp:
+            tmp.write_text(json.dumps({**params, "calibration": calibration}, indent=1),
+                           encoding="utf-8")
+    if calibration:
+        log.info("slide-level calibration %s", calibration)
+        if isinstance(predictor, PredictorSpec):
+            predictor = replace(predictor, calibration=calibration)
+        else:
+            predictor = predictor.calibrated(calibration)
+
+    manifest = out_dir / MANIFEST
+    done = _read_manifest(manifest, tiles_dir)
+    store = open_label_store(out_dir / LABELS, shape=reader.shape, chunk=tile,
+                             attrs={**params, "calibration": calibration,
+                                    "ids": "floor(y) * width + floor(x) + 1"})
+    report = SlideReport(slide=reader.name, shape=reader.shape, level=level, mpp=reader.mpp,
+                         tile=tile, margin=margin, n_tiles=len(tiles), n_tissue=len(todo),
+                         calibration=calibration)
+    pending = [t for t in todo if t.index not in done]
+    report.n_resumed = len(todo) - len(pending)
+    log.info("%s: %d tiles, %d with tissue, %d already done, %d to run", reader.name,
+             len(tiles), len(todo), report.n_resumed, len(pending))
+    by_index = {t.index: t for t in tiles}
+
+    bar = tqdm(total=len(pending), desc=f"mcf slide {reader.name}", unit="tile",
+               disable=not progress, leave=True)
+    t_run = time.perf_counter()
+    with open(manifest, "a", encoding="utf-8") as mf:
+        def record(summary: dict[str, Any]) -> None:
+            idx = int(summary["tile"])
+            if idx in done:  # a result that arrived twice is recorded once
+                return
+            if summary.get("status") == "ok":
+                with np.load(tiles_dir / summary["file"]) as z:
+                    core = z["core"]
+                y0, x0, y1, x1 = by_index[idx].core
+                store[y0:y1, x0:x1] = core
+                mf.write(json.dumps(summary) + "\n")
+                mf.flush()
+                os.fsync(mf.fileno())
+                done[idx] = summary
+                report.n_processed += 1
+                report.megapixels += summary["pixels"] / 1e6
+            else:
+                log.warning("tile %d %s: %s", idx, summary.get("status"), summary.get("error"))
+                report.failed.append(summary)
+            bar.update(1)
+            if on_tile is not None:
+                on_tile(summary)
+
+        key = uuid.uuid4().hex[:12]
+        job = _Job(key=key, reader=reader, predictor=predictor, tiles_dir=str(tiles_dir))
+        if workers == 0 and client is None and scheduler is None:
+            report.workers = 0
+            _JOBS[key] = job
+            try:
+                for t in pending:
+                    record(_process_tile(key, t))
+            finally:
+                _JOBS.pop(key, None)
+                _BUILT.pop(key, None)
+        elif pending:
+            _run_dask(job, pending, record, workers=workers, scheduler=scheduler,
+                      client=client, report=report)
+    bar.close()
+    run_seconds = time.perf_counter() - t_run
+
+    # -- assemble the vector outputs from the result files, in tile order ------------------
+    ok = [i for i in sorted(done)]
+    if report.complete:
+        finish_label_store(out_dir / LABELS)
+        labels_path = out_dir / LABELS
+    else:
+        labels_path = out_dir / (LABELS + ".partial")
+
+    def tables():
+        for i in ok:
+            with np.load(tiles_dir / done[i]["file"]) as z:
+                yield i, {k: z[k] for k in z.files if k != "core"}
+
+    def features():
+        for i, t in tables():
+            yield from iter_features(t, tile=i)
+
+    report.n_nuclei = write_geojson(out_dir / GEOJSON, features())
+    write_csv(out_dir / CSV, tables())
+    thumb, step = reader.thumbnail(overlay_side)
+    canvas = np.zeros(thumb.shape[:2], np.int64)
+    s = int(step)
+    for i in ok:
+        y0, x0, _, _ = by_index[i].core
+        fr, fc = (-y0) % s, (-x0) % s
+        with np.load(tiles_dir / done[i]["file"]) as z:
+            sub = z["core"][fr::s, fc::s]
+        ty, tx = (y0 + fr) // s, (x0 + fc) // s
+        canvas[ty:ty + sub.shape[0], tx:tx + sub.shape[1]] = sub
+    overlay(thumb, canvas, path=out_dir / OVERLAY)
+    report.seconds = round(run_seconds, 3)
+    report.outputs = {"labels": str(labels_path), "geojson": str(out_dir / GEOJSON),
+                      "csv": str(out_dir / CSV), "overlay": str(out_dir / OVERLAY),
+                      "report": str(out_dir / REPORT), "log": str(out_dir / LOG)}
+    with atomic_path(out_dir / REPORT) as tmp:
+        tmp.write_text(json.dumps({**report.to_dict(),
+                                   "total_seconds": round(time.perf_counter() - t_start, 3)},
+                                  indent=1), encoding="utf-8")
+    if report.failed:
+        log.warning("%d tile(s) failed; a re-run retries them", len(report.failed))
+    return report
+
+
+def _run_dask(job: _Job, pending: list[Tile], record: Callable[[dict[str, Any]], None], *,
+              workers: int | None, scheduler: str | None, client: Any,
+              report: SlideReport) -> None:
+    from distributed import as_completed
+
+    own_cluster = None
+    if client is None:
+        client, own_cluster = _start_client(workers, scheduler)
+        own_client = True
+    else:
+        own_client = False
+    plugin = _plugin_class()(job)
+    try:
+        client.register_plugin(plugin)
+        report.workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        futures = [client.submit(_process_tile, job.key, t, key=f"mcf-tile-{job.key}-{t.index}",
+                                 pure=False) for t in pending]
+        by_key = {f.key: t for f, t in zip(futures, pending, strict=True)}
+        for fut in as_completed(futures):
+            t = by_key[fut.key]
+            try:
+                summary = fut.result()
+            except Exception as exc:  # the task raised or its workers kept dying
+                summary = {"tile": t.index, "core": list(t.core), "status": "failed",
+                           "error": f"{type(exc).__name__}: {exc}"}
+            fut.release()
+            record(summary)
+    finally:
+        try:
+            client.unregister_worker_plugin(plugin.name)
+        except Exception as exc:  # the cluster may already be gone; nothing to undo then
+            log.debug("could not unregister %s: %s", plugin.name, exc)
+        if own_client:
+            client.close()
+        if own_cluster is not None:
+            own_cluster.close()

@@ -232,3 +232,11 @@ def test_bad_inputs():
         hog_features(np.zeros((4, 4, 3), np.uint8), cell=2.5)
     with pytest.raises(InputError, match="DetectionConfig"):
         extract_features(np.zeros((4, 4, 3), np.uint8), {"use_cn": True})
+
+
+def test_atan_polynomial_accuracy():
+    from mcf_fast.kernels.features import atan01
+
+    x = np.linspace(0.0, 1.0, 10001, dtype=np.float32)
+    got = np.array([atan01(v) for v in x[::50]])
+    np.testing.assert_allclose(got, np.arctan(x[::50].astype(np.float64)), rtol=0, atol=3e-7)

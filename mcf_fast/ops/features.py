@@ -75,13 +75,25 @@ def _check_hog_args(bins: int, cell: int) -> None:
             raise InputError(f"hog_features: {name} = {v!r}; expected an integer >= {low}")
 
 
-def _hog_into(rgb: np.ndarray, bins: int, cell: int, out: np.ndarray, offset: int) -> None:
+_NO_TABLE = np.zeros((0, 0), np.float32)
+
+
+def _hog_into(
+    rgb: np.ndarray,
+    bins: int,
+    cell: int,
+    out: np.ndarray,
+    offset: int,
+    table: np.ndarray | None = None,
+) -> None:
+    """Write HOG channels ``offset..`` of `out` (and colour names ``0..10`` with `table`)."""
     h, w = rgb.shape[:2]
     hs = np.empty((bins, h, w), np.float32)
     energy = np.empty((h, w), np.float32)
     hog_cells_kernel(rgb, bins, cell, hs)
     hog_energy_kernel(hs, cell, energy)
-    hog_normalise_kernel(hs, energy, cell, HOG_EPS, HOG_CLIP, out, offset)
+    tab = _NO_TABLE if table is None else table
+    hog_normalise_kernel(hs, energy, cell, HOG_EPS, HOG_CLIP, out, offset, rgb, tab, 0)
 
 
 def color_name_features(image: np.ndarray, *, table: np.ndarray | None = None) -> np.ndarray:
@@ -204,11 +216,13 @@ def extract_features(
         raise InputError(f"config: expected a DetectionConfig, got {type(cfg).__name__}")
     rgb = as_rgb_uint8(image, name="image")
     out = np.empty(rgb.shape[:2] + (feature_channels(cfg),), np.float32)
-    offset = 0
+    tab = None
     if cfg.use_cn:
         tab = _table(table) if table is not None else resolve_color_names(cfg.color_names)
-        cn_kernel(rgb, tab, out, 0)
-        offset = N_COLOR_NAMES
     if cfg.use_hog:
-        _hog_into(rgb, int(cfg.hog_bins), int(cfg.hog_cell), out, offset)
+        # one pass writes each output pixel in full: colour names, then HOG
+        offset = N_COLOR_NAMES if cfg.use_cn else 0
+        _hog_into(rgb, int(cfg.hog_bins), int(cfg.hog_cell), out, offset, tab)
+    else:
+        cn_kernel(rgb, tab, out, 0)
     return out

@@ -224,3 +224,49 @@ def test_select_on_monuseg_train(monuseg, tmp_path):
     assert all(16 <= t.size <= 200 for t in ts)
     ts.save(tmp_path / "t.json")
     assert len(TemplateSet.load(tmp_path / "t.json")) == 10
+
+
+# ---------------------------------------------------------------------- QuPath GeoJSON
+def test_geojson_points_polygons_and_labels(tmp_path):
+    from mcf_fast.io.geojson import (
+        polygons_to_labels,
+        read_geojson_points,
+        read_geojson_polygons,
+    )
+
+    square = [[1, 1], [4, 1], [4, 4], [1, 4], [1, 1]]  # (x, y), corner origin: pixels 1..3
+    doc = [  # QuPath "export as array": a bare list of features
+        {"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": [[0.5, 0.5],
+                                                                             [3.5, 2.5]]}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]}},
+        {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [
+            [[[6, 0], [8, 0], [8, 2], [6, 2], [6, 0]]]]}},
+        {"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[0, 0], [1, 1]]}},
+    ]
+    p = tmp_path / "a.geojson"
+    p.write_text(json.dumps(doc))
+    np.testing.assert_allclose(read_geojson_points(p), [[0, 0], [2, 3], [2, 2], [0.5, 6.5]])
+    polys = read_geojson_polygons(p)
+    assert len(polys) == 2 and polys[0].shape == (4, 2)
+    lab = polygons_to_labels(polys, (5, 9))
+    assert (lab == 1).sum() == 9 and np.all(lab[1:4, 1:4] == 1)  # centres inside the square
+    assert (lab == 2).sum() == 4 and np.all(lab[0:2, 6:8] == 2)
+
+
+def test_geojson_errors(tmp_path):
+    from mcf_fast.io.geojson import read_geojson_points, read_geojson_polygons
+
+    p = tmp_path / "e.geojson"
+    p.write_text('{"type": "FeatureCollection", "features": []}')
+    with pytest.raises(FormatError, match=r"e\.geojson: no Point"):
+        read_geojson_points(p)
+    p.write_text('{"type": "Point", "coordinates": [1, 2]}')
+    with pytest.raises(FormatError, match="no Polygon"):
+        read_geojson_polygons(p)
+    np.testing.assert_allclose(read_geojson_points(p), [[1.5, 0.5]])
+    p.write_text("not json")
+    with pytest.raises(FormatError, match="not a JSON"):
+        read_geojson_points(p)
+    p.write_text('{"type": "Point", "coordinates": "x"}')
+    with pytest.raises(FormatError, match="malformed"):
+        read_geojson_points(p)

@@ -115,7 +115,8 @@ class SlideReader:
         band = max(step, (2048 // step) * step)
         for y0 in range(0, self.shape[0], band):
             h = min(band, self.shape[0] - y0)
-            rows.append(self._read(y0, 0, h, self.shape[1])[::step, ::step])
+            rows.append(_read_robust(self._read, y0, 0, h, self.shape[1],
+                                     name=self.name)[::step, ::step])
         return np.ascontiguousarray(np.concatenate(rows, axis=0))
 
     # -- helpers --------------------------------------------------------------------------
@@ -287,9 +288,12 @@ class TiffSlideReader(SlideReader):
             if sel.size == 0:
                 continue
             bh = min(band, h - b0)
-            region = slide.read_region((0, int(round(b0 * scale0))), best, (w, bh),
-                                       as_array=True)
-            region = as_rgb_uint8(np.asarray(region), name=self.name)
+            def read_best(y: int, x: int, hh: int, ww: int) -> np.ndarray:
+                loc = (int(round(x * scale0)), int(round(y * scale0)))
+                region = slide.read_region(loc, best, (ww, hh), as_array=True)  # noqa: B023
+                return as_rgb_uint8(np.asarray(region), name=self.name)
+
+            region = _read_robust(read_best, b0, 0, bh, w, name=self.name)
             out[sel] = region[rows[sel] - b0][:, cols]
         return out
 
@@ -324,6 +328,35 @@ class OpenSlideReader(TiffSlideReader):
 
     def _thumbnail(self, step: int) -> np.ndarray:
         return SlideReader._thumbnail(self, step)
+
+
+#: grey that marks unreadable parts of a thumbnail: counted as tissue (so the tiles there are
+#: attempted and reported) and visible in overlays
+UNREADABLE_GREY = 128
+
+
+def _read_robust(read, y: int, x: int, h: int, w: int, *, name: str,
+                 block: int = 512) -> np.ndarray:
+    """Read a region for a thumbnail; parts that fail to decode become grey blocks."""
+    import logging
+
+    try:
+        return read(y, x, h, w)
+    except Exception:  # a damaged part of the file: retry block by block below
+        pass
+    out = np.full((h, w, 3), UNREADABLE_GREY, np.uint8)
+    bad = 0
+    for by in range(0, h, block):
+        for bx in range(0, w, block):
+            bh, bw = min(block, h - by), min(block, w - bx)
+            try:
+                out[by:by + bh, bx:bx + bw] = read(y + by, x + bx, bh, bw)
+            except Exception:  # this block stays grey
+                bad += 1
+    logging.getLogger("mcf_fast.slide").warning(
+        "%s: %d block(s) of %d px in rows %d..%d could not be read; shown grey in thumbnails",
+        name, bad, block, y, y + h)
+    return out
 
 
 def _check_mpp(mpp: float | None, name: str) -> float | None:

@@ -1,0 +1,242 @@
+"""Slide runs on a dask LocalCluster: outputs, resume, unreadable tiles, a killed worker, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import tifffile
+from test_slides import write_pyramid
+from test_tiling import synthetic_tissue
+
+from mcf_fast.cli import main
+from mcf_fast.errors import ConfigError
+from mcf_fast.io.tiling import tile_grid
+from mcf_fast.pipeline.slide import BlobPredictor, predict_tiled, run_slide
+
+TILE = 256
+
+
+@pytest.fixture(scope="module")
+def client():
+    """Two worker processes, shared by every test of this module."""
+    import cloudpickle
+    from distributed import Client, LocalCluster
+
+    # the slow predictor below lives in this test module, which workers cannot import
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=None, env={"NUMBA_NUM_THREADS": "1"})
+    c = Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def slide_image() -> np.ndarray:
+    """1024 x 1280 glass with tissue in the middle: 20 tiles of 256, 9 with tissue."""
+    img = np.full((1024, 1280, 3), 243, np.uint8)
+    img[264:1016, 264:1016] = synthetic_tissue((752, 752), n=700, seed=3)
+    return img
+
+
+@pytest.fixture(scope="module")
+def slide_path(tmp_path_factory, slide_image):
+    path = tmp_path_factory.mktemp("slide") / "slide.tif"
+    write_pyramid(path, slide_image, mpp=0.5, tile=128)
+    return path
+
+
+def tissue_tiles(img):
+    return [t.index for t in tile_grid(img.shape[:2], tile=TILE, margin=0)
+            if t.core[0] >= 256 and t.core[1] >= 256 and t.core[3] <= 1024]
+
+
+def reference(img, out_dir):
+    """In-memory tiled prediction with the run's calibration, background tiles blanked."""
+    run = json.loads((out_dir / "run.json").read_text())
+    p = BlobPredictor().calibrated(run["calibration"])
+    labels, ids, _ = predict_tiled(img, p, tile=TILE)
+    keep = np.zeros(img.shape[:2], bool)
+    for t in tile_grid(img.shape[:2], tile=TILE, margin=0):
+        if t.index in tissue_tiles(img):
+            keep[t.core[0]:t.core[2], t.core[1]:t.core[3]] = True
+    labels[~keep] = 0
+    yx = np.stack([(ids - 1) // img.shape[1], (ids - 1) % img.shape[1]], 1)
+    return labels, ids[keep[yx[:, 0], yx[:, 1]]]
+
+
+def manifest_counts(out_dir):
+    counts: dict[int, int] = {}
+    for line in (out_dir / "manifest.jsonl").read_text().splitlines():
+        i = json.loads(line)["tile"]
+        counts[i] = counts.get(i, 0) + 1
+    return counts
+
+
+def check_outputs(out_dir, img, report):
+    import zarr
+
+    labels = zarr.open_array(str(out_dir / "labels.zarr"), mode="r")[:]
+    ref_labels, ref_ids = reference(img, out_dir)
+    np.testing.assert_array_equal(labels, ref_labels)
+    rows = (out_dir / "nuclei.csv").read_text().splitlines()[1:]
+    ids = np.array([int(r.split(",")[0]) for r in rows])
+    assert len(ids) == len(set(ids)) == report.n_nuclei
+    np.testing.assert_array_equal(np.sort(ids), np.sort(ref_ids))
+    doc = json.loads((out_dir / "nuclei.geojson").read_text())
+    assert len(doc["features"]) == report.n_nuclei
+    # level-0 pixel coordinates and µm measurements (mpp 0.5 from the file)
+    f = doc["features"][0]
+    x, y = f["properties"]["measurements"]["Centre x"], f["properties"]["measurements"]["Centre y"]
+    assert 256 <= x <= 1024 and 256 <= y <= 1024
+    assert f["properties"]["measurements"]["Area um^2"] == pytest.approx(
+        f["properties"]["measurements"]["Area px"] * 0.25, rel=1e-3)
+    assert manifest_counts(out_dir) == {i: 1 for i in tissue_tiles(img)}
+    leftovers = [p for p in out_dir.rglob("*") if ".part" in p.name]
+    assert leftovers == []
+
+
+def test_run_on_a_pyramidal_tiff(client, slide_path, slide_image, tmp_path):
+    seen = []
+    report = run_slide(slide_path, BlobPredictor(), tmp_path, tile=TILE, client=client,
+                       progress=False, on_tile=seen.append)
+    assert report.complete and report.workers == 2
+    assert report.n_tiles == 20 and report.n_tissue == 9 and report.n_processed == 9
+    assert sorted(s["tile"] for s in seen) == tissue_tiles(slide_image)
+    assert report.megapixels == pytest.approx(9 * TILE * TILE / 1e6)
+    check_outputs(tmp_path, slide_image, report)
+    assert (tmp_path / "overlay.png").exists() and not (tmp_path / "labels.zarr.partial").exists()
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["complete"] and saved["n_nuclei"] == report.n_nuclei
+
+
+def test_interrupted_run_resumes_and_skips_finished_tiles(client, slide_path, slide_image,
+                                                         tmp_path):
+    class Interrupt(Exception):
+        pass
+
+    done = []
+
+    def stop_after_three(summary):
+        done.append(summary["tile"])
+        if len(done) == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_slide(slide_path, BlobPredictor(), tmp_path, tile=TILE, workers=0,
+                  progress=False, on_tile=stop_after_three)
+    assert not (tmp_path / "nuclei.geojson").exists()  # nothing half-made
+    assert len(manifest_counts(tmp_path)) == 3
+    report = run_slide(slide_path, BlobPredictor(), tmp_path, tile=TILE, client=client,
+                       progress=False)
+    assert report.n_resumed == 3 and report.n_processed == 6 and report.complete
+    check_outputs(tmp_path, slide_image, report)
+    again = run_slide(slide_path, BlobPredictor(), tmp_path, tile=TILE, workers=0,
+                      progress=False)
+    assert again.n_resumed == 9 and again.n_processed == 0 and again.n_nuclei == report.n_nuclei
+    check_outputs(tmp_path, slide_image, again)
+    with pytest.raises(ConfigError, match="other parameters"):
+        run_slide(slide_path, BlobPredictor(), tmp_path, tile=2 * TILE, workers=0,
+                  progress=False)
+
+
+def test_unreadable_tile_is_logged_and_reported(client, slide_image, tmp_path):
+    path = tmp_path / "broken.tif"
+    write_pyramid(path, slide_image, mpp=0.5, tile=64)
+    # break the TIFF tile at rows 576..640, columns 576..640: inside the core of slide tile
+    # 2 * 5 + 2 and out of reach of its neighbours' halos (a damaged block fails every tile
+    # whose read region touches it)
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages[0]
+        k = 9 * (1280 // 64) + 9
+        off, n = page.dataoffsets[k], page.databytecounts[k]
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(b"\x00" * min(n, 64))
+    out = tmp_path / "out"
+    report = run_slide(path, BlobPredictor(), out, tile=TILE, client=client, progress=False)
+    assert [(f["tile"], f["status"]) for f in report.failed] == [(12, "unreadable")]
+    assert "Error" in report.failed[0]["error"]
+    assert report.n_processed == 8 and not report.complete
+    assert "tile 12 unreadable" in (out / "run.log").read_text()
+    saved = json.loads((out / "report.json").read_text())
+    assert not saved["complete"] and saved["failed"][0]["tile"] == 12
+    # the finished tiles are all there; the label store keeps its temporary name
+    assert set(manifest_counts(out)) == set(tissue_tiles(slide_image)) - {12}
+    assert (out / "labels.zarr.partial").exists() and not (out / "labels.zarr").exists()
+    # the command line reports it and exits with status 1 (re-running retries tile 12)
+    code = main(["slide", str(path), "--model", "blob", "--out", str(out), "--tile",
+                 str(TILE), "--workers", "0", "--quiet"])
+    assert code == 1
+
+
+@dataclass(frozen=True)
+class SlowPredictor:
+    """The blob predictor, slowed down so that a worker can be killed mid-run."""
+
+    inner: BlobPredictor = BlobPredictor()
+    delay: float = 0.4
+
+    @property
+    def halo(self) -> int:
+        return self.inner.halo
+
+    def calibration(self, samples):
+        return self.inner.calibration(samples)
+
+    def calibrated(self, state):
+        return SlowPredictor(self.inner.calibrated(state), self.delay)
+
+    def predict_tile(self, rgb):
+        time.sleep(self.delay)
+        return self.inner.predict_tile(rgb)
+
+
+def test_worker_killed_mid_run_still_gives_every_tile_once(client, slide_path, slide_image,
+                                                           tmp_path):
+    killed: dict[str, int] = {}
+    seen = []
+
+    def kill_a_busy_worker(summary):
+        seen.append(summary["tile"])
+        if killed or summary["status"] != "ok":
+            return
+        busy = [a for a, keys in client.processing().items() if keys]
+        pid = client.run(os.getpid, workers=busy[:1])[busy[0]]
+        os.kill(pid, signal.SIGKILL)  # it was running a tile: dask must run that one again
+        killed["pid"], killed["at"] = pid, len(seen)
+
+    report = run_slide(slide_path, SlowPredictor(), tmp_path, tile=TILE, client=client,
+                       progress=False, on_tile=kill_a_busy_worker)
+    assert "pid" in killed and killed["at"] == 1
+    assert sorted(seen) == tissue_tiles(slide_image)  # each tile recorded once
+    assert report.complete and report.n_processed == 9, report.failed
+    check_outputs(tmp_path, slide_image, report)
+    client.wait_for_workers(2, timeout=60)
+    assert killed["pid"] not in client.run(os.getpid).values()
+
+
+def test_cli_slide_writes_every_output(slide_path, tmp_path):
+    out = tmp_path / "cli"
+    code = main(["slide", str(slide_path), "--model", "blob", "--out", str(out), "--tile",
+                 str(TILE), "--workers", "0", "--quiet", "--level", "1"])
+    assert code == 0
+    for name in ("labels.zarr", "nuclei.geojson", "nuclei.csv", "overlay.png", "report.json"):
+        assert (out / name).exists(), name
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["level"] == 1 and rep["shape"] == [512, 640] and rep["mpp"] == pytest.approx(1.0)
+    # level-1 outlines come back in level-0 coordinates
+    doc = json.loads((out / "nuclei.geojson").read_text())
+    xs = [p[0] for f in doc["features"] for p in f["geometry"]["coordinates"][0]]
+    assert min(xs) >= 200 and max(xs) <= 1100
+    assert main(["slide", str(slide_path), "--model", str(tmp_path / "nope.bundle"), "--out",
+                 str(tmp_path / "x"), "--workers", "0", "--quiet"]) == 1

@@ -1,0 +1,199 @@
+"""``mcf fit`` and ``mcf predict``: fit the full framework, segment images with a model."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from mcf_fast.errors import InputError
+from mcf_fast.io.images import IMAGE_SUFFIXES, atomic_path, read_image, write_image
+from mcf_fast.presets import PRESETS
+
+__all__ = ["collect_images", "fit", "predict", "write_prediction"]
+
+
+def collect_images(paths: tuple[Path, ...] | list[Path]) -> list[Path]:
+    """Image files from files and folders (a folder with ``images/`` uses that subfolder).
+
+    Raises
+    ------
+    InputError
+        If a folder holds no images, or nothing is found at all.
+    """
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            folder = p / "images" if (p / "images").is_dir() else p
+            found = sorted(f for f in folder.iterdir()
+                           if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                           and not f.name.startswith("."))
+            if not found:
+                raise InputError(f"{folder}: no images (suffixes {', '.join(IMAGE_SUFFIXES)})")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise InputError(f"{p}: no such file or folder")
+    stems = [f.stem for f in out]
+    dup = sorted({s for s in stems if stems.count(s) > 1})
+    if dup:
+        raise InputError(f"two input images share the name {dup[0]!r}; outputs would collide")
+    if not out:
+        raise InputError("no input images")
+    return out
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        if threads < 1:
+            raise InputError(f"--threads: expected a positive number, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def _check_device(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: no CUDA device is available here")
+    elif device != "cpu":
+        raise InputError(f"--device {device}: expected cpu, cuda or cuda:N")
+
+
+@click.command("fit", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("images", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
+@click.option("--templates", "-t", "templates_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Template-set JSON file (see `mcf templates`).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Model bundle to write (conventionally MODEL.mcf).")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="quick", show_default=True,
+              help="quick: minutes on a CPU; paper: the paper's settings (GPU advised).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=None, help="Seed (default: the preset's, 0).")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted fit from its checkpoint folder.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where a checkpoint is written after each round [default: OUT.ckpt].")
+@click.option("--max-rounds", type=int, default=None, help="Override the preset's rounds.")
+@click.option("--stain-reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Normalise every image's stains to this reference image.")
+@click.option("--stain-method", type=click.Choice(["auto", "vahadane", "macenko"]),
+              default="auto", show_default=True, help="Stain normalisation method.")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def fit(images, templates_path, out, preset, device, seed, resume, checkpoint_dir, max_rounds,
+        stain_reference, stain_method, threads, quiet) -> None:
+    """Fit the framework on IMAGES (files or folders) from a few template nuclei.
+
+    Runs rounds of detection, U-Net training on the pseudo masks, self-finetuning and
+    mask-residual templates, writing a checkpoint after each round, then saves the model
+    bundle to OUT.  Masks next to the images are never read.
+    """
+    from mcf_fast.io.templates import TemplateSet
+    from mcf_fast.pipeline.mcf import MCF
+
+    _check_device(device)
+    _set_threads(threads)
+    paths = collect_images(images)
+    templates = TemplateSet.load(templates_path)
+    config = PRESETS[preset]
+    changes = {"device": device}
+    if seed is not None:
+        changes["seed"] = seed
+    if max_rounds is not None:
+        changes["max_rounds"] = max_rounds
+    config = dataclasses.replace(
+        config, segmentation=dataclasses.replace(config.segmentation, **changes))
+    stain = None
+    if stain_reference is not None:
+        from mcf_fast.ops.stain import StainNormalizer
+
+        stain = StainNormalizer(stain_method).fit(read_image(stain_reference))
+    ckpt = checkpoint_dir if checkpoint_dir is not None else out.with_name(out.name + ".ckpt")
+    if resume and not (ckpt / "state.json").is_file():
+        click.echo(f"no checkpoint in {ckpt}; starting from the beginning", err=True)
+    click.echo(f"fitting on {len(paths)} image(s) with {len(templates)} templates "
+               f"(preset {preset}, {device})", err=True)
+    model = MCF(config).fit(paths, templates, stain=stain, checkpoint_dir=ckpt, resume=resume,
+                            progress=not quiet)
+    model.save(out)
+    added = sum(len(h.get("added", [])) for h in model.history)
+    click.echo(f"wrote {out}: {len(model.history)} round(s), {len(model.templates)} templates "
+               f"({added} added by the mask residual)", err=True)
+
+
+def write_prediction(out_dir: Path, name: str, image: np.ndarray, pred) -> list[Path]:
+    """Write ``<name>.png`` (labels), ``<name>.csv`` (table) and ``<name>_overlay.png``.
+
+    Labels go to a 16-bit PNG; beyond 65535 nuclei to ``<name>.tif`` (32-bit) instead.
+    """
+    from skimage.segmentation import find_boundaries
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = pred.labels
+    if labels.max(initial=0) <= np.iinfo(np.uint16).max:
+        lpath = write_image(out_dir / f"{name}.png", labels.astype(np.uint16))
+    else:
+        lpath = write_image(out_dir / f"{name}.tif", labels.astype(np.uint32))
+    cpath = out_dir / f"{name}.csv"
+    with atomic_path(cpath) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["label", "y", "x", "area", "mean_intensity"])
+        for row in pred.table:
+            w.writerow([int(row["label"]), f"{row['y']:.2f}", f"{row['x']:.2f}",
+                        int(row["area"]), f"{row['mean_intensity']:.2f}"])
+    overlay = np.array(image, copy=True)
+    edge = find_boundaries(labels, mode="inner")
+    overlay[edge] = (0, 255, 0)
+    opath = write_image(out_dir / f"{name}_overlay.png", overlay)
+    return [lpath, cpath, opath]
+
+
+@click.command("predict", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("images", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
+@click.option("--model", "-m", "model_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Model bundle written by `mcf fit`.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--flips/--no-flips", default=None,
+              help="Test-time flips (default: as the model was configured).")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def predict(images, model_path, out, device, flips, threads, quiet) -> None:
+    """Segment IMAGES (files or folders) with a fitted model.
+
+    For each image writes OUT/<name>.png (16-bit instance labels, 0 = background),
+    OUT/<name>.csv (label, y, x, area, mean intensity per nucleus) and
+    OUT/<name>_overlay.png (nucleus outlines on the image).
+    """
+    from tqdm.auto import tqdm
+
+    from mcf_fast.pipeline.mcf import MCFModel
+
+    _check_device(device)
+    _set_threads(threads)
+    paths = collect_images(images)
+    model = MCFModel.load(model_path, device=device)
+    if flips is not None:
+        seg = dataclasses.replace(model.config.segmentation, tta_flips=flips)
+        model.config = dataclasses.replace(model.config, segmentation=seg)
+    total = 0
+    for p in tqdm(paths, desc="predict", unit="image", disable=quiet, file=sys.stderr):
+        image = read_image(p)
+        pred = model.predict(image)
+        write_prediction(out, p.stem, image, pred)
+        total += len(pred.table)
+    click.echo(f"wrote {len(paths)} prediction(s) to {out} ({total} nuclei)", err=True)

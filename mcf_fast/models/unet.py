@@ -1,0 +1,94 @@
+"""A plain U-Net (Ronneberger et al. 2015) with a configurable width and depth.
+
+Two 3x3 convolutions with batch normalisation and ReLU per level, max-pooling down,
+transposed convolutions up, skip connections by concatenation, a 1x1 head with two classes
+(background, nucleus).  Inputs are float RGB in [0, 1]; the network normalises them itself,
+so every caller feeds the same thing.  Height and width must be multiples of
+``2 ** depth``; :func:`mcf_fast.models.train.predict_proba` pads for you.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["UNet"]
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """U-Net with ``depth`` down-samplings; level ``i`` has ``width * 2**i`` channels.
+
+    Parameters
+    ----------
+    width : int
+        Channels of the first level.
+    depth : int
+        Number of 2x down-samplings; inputs must be multiples of ``2 ** depth``.
+    in_channels, n_classes : int
+        3 (RGB) and 2 (background, nucleus) for mcf_fast.
+
+    Examples
+    --------
+    >>> net = UNet(width=4, depth=2)
+    >>> net(torch.zeros(1, 3, 16, 16)).shape
+    torch.Size([1, 2, 16, 16])
+    """
+
+    def __init__(self, *, width: int = 16, depth: int = 4, in_channels: int = 3,
+                 n_classes: int = 2) -> None:
+        super().__init__()
+        if width < 1 or depth < 1:
+            raise ValueError(f"UNet: width and depth must be positive, got {width}, {depth}")
+        self.hparams: dict[str, Any] = {"width": width, "depth": depth,
+                                        "in_channels": in_channels, "n_classes": n_classes}
+        chans = [width * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList()
+        cin = in_channels
+        for c in chans:
+            self.down.append(_block(cin, c))
+            cin = c
+        self.pool = nn.MaxPool2d(2)
+        self.up = nn.ModuleList()
+        self.merge = nn.ModuleList()
+        for i in range(depth, 0, -1):
+            self.up.append(nn.ConvTranspose2d(chans[i], chans[i - 1], 2, stride=2))
+            self.merge.append(_block(2 * chans[i - 1], chans[i - 1]))
+        self.head = nn.Conv2d(chans[0], n_classes, 1)
+        # H&E images are bright; centre them roughly without depending on the data
+        self.register_buffer("mean", torch.tensor([0.65, 0.5, 0.7]).view(1, 3, 1, 1)
+                             [:, :in_channels], persistent=False)
+        self.register_buffer("std", torch.tensor([0.2, 0.2, 0.15]).view(1, 3, 1, 1)
+                             [:, :in_channels], persistent=False)
+
+    @property
+    def multiple(self) -> int:
+        """Height and width of an input must be multiples of this."""
+        return 2 ** self.hparams["depth"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (B, n_classes, H, W) for RGB input (B, 3, H, W) in [0, 1]."""
+        x = (x - self.mean) / self.std
+        skips = []
+        for i, block in enumerate(self.down):
+            if i:
+                x = self.pool(x)
+            x = block(x)
+            skips.append(x)
+        skips.pop()
+        for up, merge in zip(self.up, self.merge, strict=True):
+            x = up(x)
+            x = merge(torch.cat([skips.pop(), x], dim=1))
+        return self.head(x)

@@ -1,0 +1,178 @@
+"""Model bundles: one zip file holding everything a fitted :class:`MCFModel` needs.
+
+Members (the layout is described in docs/formats.md, "Model bundles"):
+
+- ``model.json``: ``{"format": "mcf_fast.model", "format_version": 1, "mcf_fast_version",
+  "config", "history", "stain", "network", "members"}``;
+- ``templates.json``: the final template set (the template-set format);
+- ``filter_bank.npz``: the detector's filter bank (rebuilt from the templates when absent);
+- ``unet.pt``: the U-Net's ``state_dict`` (absent for a model without a network).
+
+The file is written atomically; reading checks the format name and version first and
+raises :class:`~mcf_fast.errors.FormatError` naming the file for anything unexpected.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mcf_fast.config import MCFConfig, config_to_dict
+from mcf_fast.errors import FormatError, InputError
+from mcf_fast.io.images import atomic_path
+
+if TYPE_CHECKING:
+    from mcf_fast.pipeline.mcf import MCFModel
+
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "load_bundle", "save_bundle"]
+
+#: value of ``format`` in model.json
+BUNDLE_FORMAT = "mcf_fast.model"
+#: the version this module writes and reads
+BUNDLE_VERSION = 1
+_BANK = "filter_bank.npz"
+
+
+def save_bundle(model: MCFModel, path: str | os.PathLike) -> Path:
+    """Write ``model`` to a bundle file at ``path`` (conventionally ``*.mcf``).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    import torch
+
+    from mcf_fast import __version__
+
+    final = Path(path)
+    if final.is_dir():
+        raise InputError(f"{final}: is a folder; a model bundle is one file")
+    members: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tpath = Path(tmpdir) / "templates.json"
+        model.templates.save(tpath)
+        members["templates.json"] = tpath.read_bytes()
+        save_bank = getattr(model.detector, "save_bank", None)
+        if save_bank is not None:
+            bpath = Path(tmpdir) / _BANK
+            save_bank(bpath)
+            if bpath.is_file():
+                members[_BANK] = bpath.read_bytes()
+    network = None
+    if model.net is not None:
+        buf = io.BytesIO()
+        state = {k: v.detach().cpu() for k, v in model.net.state_dict().items()}
+        torch.save(state, buf)
+        members["unet.pt"] = buf.getvalue()
+        network = {"class": "UNet", **dict(getattr(model.net, "hparams", {}))}
+    doc = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "mcf_fast_version": __version__,
+        "config": config_to_dict(model.config),
+        "history": model.history,
+        "stain": model.stain.to_dict() if model.stain is not None else None,
+        "network": network,
+        "members": sorted(members),
+    }
+    with atomic_path(final) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("model.json", json.dumps(doc, indent=1, sort_keys=True))
+            for name in sorted(members):
+                zf.writestr(name, members[name])
+    return final
+
+
+def _read_doc(zf: zipfile.ZipFile, p: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(zf.read("model.json").decode("utf-8"))
+    except KeyError:
+        raise FormatError(f"{p}: not a model bundle (no model.json inside)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{p}: model.json is not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
+        raise FormatError(f"{p}: not a model bundle (expected \"format\": \"{BUNDLE_FORMAT}\")")
+    version = doc.get("format_version")
+    if version != BUNDLE_VERSION:
+        raise FormatError(
+            f"{p}: model bundle format version {version!r} is not supported (this mcf_fast "
+            f"reads version {BUNDLE_VERSION}); refit the model or use a matching mcf_fast"
+        )
+    return doc
+
+
+def load_bundle(path: str | os.PathLike, *, device: str = "cpu") -> MCFModel:
+    """Read a bundle written by :func:`save_bundle`.
+
+    Parameters
+    ----------
+    path : str or PathLike
+    device : str
+        Where the network runs ("cpu", "cuda", "cuda:1"); recorded in the model's config.
+
+    Returns
+    -------
+    MCFModel
+
+    Raises
+    ------
+    InputError
+        If the file does not exist.
+    FormatError
+        If it is not a bundle, has an unknown format version or a damaged member.
+    """
+    import dataclasses
+
+    import torch
+
+    from mcf_fast.io.templates import TemplateSet
+    from mcf_fast.models.unet import UNet
+    from mcf_fast.pipeline.mcf import MCFModel, _detector_cls
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such model bundle")
+    if not zipfile.is_zipfile(p):
+        raise FormatError(f"{p}: not a model bundle (not a zip file)")
+    with zipfile.ZipFile(p) as zf, tempfile.TemporaryDirectory() as tmpdir:
+        doc = _read_doc(zf, p)
+        names = set(zf.namelist())
+        try:
+            config = MCFConfig.from_dict(doc["config"])
+            config = dataclasses.replace(
+                config, segmentation=dataclasses.replace(config.segmentation, device=device))
+            tpath = Path(tmpdir) / "templates.json"
+            tpath.write_bytes(zf.read("templates.json"))
+            templates = TemplateSet.load(tpath)
+            Detector = _detector_cls()
+            if _BANK in names:
+                bpath = Path(tmpdir) / _BANK
+                bpath.write_bytes(zf.read(_BANK))
+                detector = Detector.load(templates, bpath, config.detection)
+            else:
+                detector = Detector(templates, config.detection, device=device)
+            net = None
+            if doc.get("network"):
+                hp = {k: v for k, v in doc["network"].items() if k != "class"}
+                net = UNet(**hp)
+                state = torch.load(io.BytesIO(zf.read("unet.pt")), map_location="cpu",
+                                   weights_only=True)
+                net.load_state_dict(state)
+                net.to(torch.device(device)).eval()
+            stain = None
+            if doc.get("stain") is not None:
+                from mcf_fast.ops.stain import normalizer_from_dict
+
+                stain = normalizer_from_dict(doc["stain"])
+        except FormatError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, zipfile.BadZipFile) as exc:
+            raise FormatError(f"{p}: damaged model bundle ({type(exc).__name__}: {exc})") from exc
+    return MCFModel(config, templates, detector, net, stain=stain,
+                    history=doc.get("history", []))

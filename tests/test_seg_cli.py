@@ -1,0 +1,129 @@
+"""``mcf fit`` and ``mcf predict`` end to end on tiny images (stand-in detector)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from seg_fakes import (  # noqa: F401
+    BLUE,
+    PURPLE,
+    ColourDetector,
+    disk_image,
+    grid_centres,
+    make_templates,
+    one_torch_thread,
+)
+
+import mcf_fast.pipeline.mcf as mcf_mod
+from mcf_fast import presets
+from mcf_fast.cli import main
+from mcf_fast.config import MCFConfig, SegmentationConfig
+from mcf_fast.io.images import read_image, read_labels, write_image
+from mcf_fast.pipeline.mcf import MCFModel
+
+TINY = MCFConfig(segmentation=SegmentationConfig(
+    width=8, depth=2, crop_size=32, batch_size=4, steps=30, self_steps=10, lr=1e-2,
+    residual_min_area=40, max_rounds=3))
+
+
+@pytest.fixture(autouse=True)
+def tiny_preset(monkeypatch):
+    monkeypatch.setattr(mcf_mod, "_detector_cls", lambda: ColourDetector)
+    monkeypatch.setitem(presets.PRESETS, "quick", TINY)
+
+
+@pytest.fixture
+def data(tmp_path):
+    folder = tmp_path / "train" / "images"
+    folder.mkdir(parents=True)
+    centres = grid_centres(96, 96, 24, 12)
+    imgs = []
+    for i in range(2):
+        colours = [BLUE if (c == (36, 36) and i == 0) else PURPLE for c in centres]
+        img, _ = disk_image(96, 96, centres, 7, colours, seed=10 + i)
+        write_image(folder / f"tile{i}.png", img)
+        imgs.append(img)
+    tpath = make_templates(imgs[1], [(12, 12), (60, 36)], name="tile1").save(
+        tmp_path / "t.json")
+    return tmp_path, tpath
+
+
+def test_help():
+    assert main(["fit", "--help"]) == 0
+    assert main(["predict", "--help"]) == 0
+
+
+def test_fit_then_predict_writes_outputs(data, capsys):
+    root, tpath = data
+    model_path = root / "m.mcf"
+    rc = main(["fit", str(root / "train"), "--templates", str(tpath), "--out", str(model_path),
+               "--seed", "1", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    model = MCFModel.load(model_path)
+    assert model.config.segmentation.seed == 1
+    assert len(model.templates) == 3  # the blue nucleus of tile0 was added
+    assert model.history[0]["added"][0]["image"] == "tile0"
+    out = root / "pred"
+    rc = main(["predict", str(root / "train" / "images" / "tile0.png"), "--model",
+               str(model_path), "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert "predict" in capsys.readouterr().err  # the progress bar
+    labels = read_labels(out / "tile0.png")
+    assert labels.shape == (96, 96) and labels.max() == 16
+    with open(out / "tile0.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 16
+    assert set(rows[0]) == {"label", "y", "x", "area", "mean_intensity"}
+    r = rows[0]
+    m = labels == int(r["label"])
+    assert int(r["area"]) == m.sum()
+    assert float(r["y"]) == pytest.approx(np.nonzero(m)[0].mean(), abs=0.01)
+    overlay = read_image(out / "tile0_overlay.png")
+    assert overlay.shape == (96, 96, 3)
+    assert np.any(np.all(overlay == (0, 255, 0), axis=2))
+    assert not any(p.name.startswith(".") for p in out.iterdir())
+
+
+def test_resume_after_interruption_ends_like_uninterrupted(data, monkeypatch, capsys):
+    root, tpath = data
+    args = [str(root / "train"), "--templates", str(tpath), "--quiet"]
+    assert main(["fit", *args, "--out", str(root / "full.mcf")]) == 0
+    real_save = mcf_mod._save_checkpoint
+    calls = []
+
+    def save_then_die(*a, **k):
+        real_save(*a, **k)
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mcf_mod, "_save_checkpoint", save_then_die)
+    assert main(["fit", *args, "--out", str(root / "resumed.mcf")]) == 130
+    assert not (root / "resumed.mcf").exists() and calls == [1]
+    monkeypatch.setattr(mcf_mod, "_save_checkpoint", real_save)
+    assert main(["fit", *args, "--out", str(root / "resumed.mcf"), "--resume"]) == 0
+    full, resumed = MCFModel.load(root / "full.mcf"), MCFModel.load(root / "resumed.mcf")
+    assert len(full.history) == len(resumed.history) == 2
+    assert [h["added"] for h in full.history] == [h["added"] for h in resumed.history]
+    img = read_image(root / "train" / "images" / "tile0.png")
+    assert np.array_equal(full.predict(img).probability, resumed.predict(img).probability)
+
+
+def test_clear_errors(data, tmp_path, capsys):
+    root, tpath = data
+    junk = tmp_path / "junk.mcf"
+    junk.write_bytes(b"nope")
+    rc = main(["predict", str(root / "train"), "--model", str(junk), "--out",
+               str(tmp_path / "o")])
+    assert rc == 1
+    assert "junk.mcf: not a model bundle" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = main(["fit", str(empty), "--templates", str(tpath), "--out", str(tmp_path / "x.mcf")])
+    assert rc == 1
+    assert "no images" in capsys.readouterr().err
+    rc = main(["fit", str(root / "train"), "--templates", str(tpath), "--out",
+               str(tmp_path / "x.mcf"), "--device", "tpu"])
+    assert rc == 1
+    assert "--device tpu" in capsys.readouterr().err

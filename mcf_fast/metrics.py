@@ -307,8 +307,14 @@ def panoptic_quality(pred_labels: np.ndarray, gt_labels: np.ndarray) -> tuple[fl
 
 def _pq_only(ov: dict[str, np.ndarray]) -> dict[str, Any]:
     tp, fp, fn, s = _pq_counts(ov)
-    return {"pq_tp": tp, "pq_fp": fp, "pq_fn": fn, "pq_iou_sum": s,
-            "n_pred": len(ov["area_p"]), "n_gt": len(ov["area_g"])}
+    return {
+        "pq_tp": tp,
+        "pq_fp": fp,
+        "pq_fn": fn,
+        "pq_iou_sum": s,
+        "n_pred": len(ov["area_p"]),
+        "n_gt": len(ov["area_g"]),
+    }
 
 
 def _pair(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -475,10 +481,12 @@ def score_arrays(
     if not per_image:
         raise InputError("score_arrays: no images to score")
     agg: dict[str, Any] = metrics_from_counts(total, radii=radii)
-    agg.update(n_images=len(per_image), n_pred=total["n_pred"], n_gt=total["n_gt"],
-               counts=total)
-    return {"radii": [float(r) if not float(r).is_integer() else int(r) for r in radii],
-            "aggregate": agg, "per_image": per_image}
+    agg.update(n_images=len(per_image), n_pred=total["n_pred"], n_gt=total["n_gt"], counts=total)
+    return {
+        "radii": [float(r) if not float(r).is_integer() else int(r) for r in radii],
+        "aggregate": agg,
+        "per_image": per_image,
+    }
 
 
 def _find_prediction(pred_dir: Path, name: str) -> Path | None:

@@ -237,8 +237,9 @@ def ref_pq(pred, gt):
 
 
 label_maps = st.integers(0, 2**31 - 1).map(
-    lambda s: np.random.default_rng(s).integers(0, 4, size=(7, 9)) * (
-        np.random.default_rng(s + 1).random((7, 9)) < 0.6
+    lambda s: (
+        np.random.default_rng(s).integers(0, 4, size=(7, 9))
+        * (np.random.default_rng(s + 1).random((7, 9)) < 0.6)
     )
 )
 
@@ -258,8 +259,9 @@ def test_aji_and_pq_match_references(pred, gt):
     r=st.sampled_from([1.0, 1.5, 2.5, 4.0]),
 )
 def test_matching_is_maximum(pred, gt, r):
-    tp, fp, fn = M.match_centres(np.array(pred, float).reshape(-1, 2),
-                                 np.array(gt, float).reshape(-1, 2), r)
+    tp, fp, fn = M.match_centres(
+        np.array(pred, float).reshape(-1, 2), np.array(gt, float).reshape(-1, 2), r
+    )
     assert tp == ref_match(pred, gt, r)
     assert tp + fp == len(pred) and tp + fn == len(gt)
 

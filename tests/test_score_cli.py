@@ -34,8 +34,21 @@ def make_data(tmp_path, n=3):
 def test_score_self_is_perfect(tmp_path, capsys):
     data, _ = make_data(tmp_path)
     out = tmp_path / "res.json"
-    assert main(["score", "--data", str(data), "--pred", str(data / "masks"), "--out",
-                 str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--data",
+                str(data),
+                "--pred",
+                str(data / "masks"),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "| s0 |" in text and "aggregate (3)" in text
     res = json.loads(out.read_text())
@@ -52,8 +65,23 @@ def test_score_shifted_binary_and_missing(tmp_path, capsys):
         shifted[3:, :] = labs[name][:-3, :]
         write_image(pred / f"{name}.tif", ((shifted > 0) * 255).astype(np.uint8))  # binary
     out = tmp_path / "res.json"
-    assert main(["score", "--data", str(data), "--pred", str(pred), "--out", str(out),
-                 "--quiet", "--radii", "6"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--data",
+                str(data),
+                "--pred",
+                str(pred),
+                "--out",
+                str(out),
+                "--quiet",
+                "--radii",
+                "6",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "s2.png: prediction missing; scored as empty" in captured.err
     res = json.loads(out.read_text())
@@ -76,8 +104,24 @@ def test_templates_select_show_and_from_points(tmp_path, capsys):
     data, labs = make_data(tmp_path)
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     for path in (a, b):
-        assert main(["templates", "select", "--data", str(data), "--n", "3", "--seed", "0",
-                     "--out", str(path), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "templates",
+                    "select",
+                    "--data",
+                    str(data),
+                    "--n",
+                    "3",
+                    "--seed",
+                    "0",
+                    "--out",
+                    str(path),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     assert a.read_bytes() == b.read_bytes()
     sheet = tmp_path / "sheet.png"
     assert main(["templates", "show", str(a), "--out", str(sheet)]) == 0
@@ -86,8 +130,23 @@ def test_templates_select_show_and_from_points(tmp_path, capsys):
     pts = tmp_path / "pts.csv"
     pts.write_text("y,x\n10,12\n0,0\n")
     t = tmp_path / "t.json"
-    assert main(["templates", "from-points", "--image", str(data / "images" / "s0.png"),
-                 "--points", str(pts), "--size", "9", "--out", str(t)]) == 0
+    assert (
+        main(
+            [
+                "templates",
+                "from-points",
+                "--image",
+                str(data / "images" / "s0.png"),
+                "--points",
+                str(pts),
+                "--size",
+                "9",
+                "--out",
+                str(t),
+            ]
+        )
+        == 0
+    )
     ts = TemplateSet.load(t)
     assert len(ts) == 2 and ts[0].image == "s0" and ts[1].size == 9
 
@@ -95,17 +154,50 @@ def test_templates_select_show_and_from_points(tmp_path, capsys):
 def test_templates_from_geojson(tmp_path):
     data, _ = make_data(tmp_path, n=1)
     gj = tmp_path / "pts.geojson"
-    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [12.5, 10.5]},
-         "properties": {"objectType": "annotation"}},
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
-            [[20, 20], [24, 20], [24, 26], [20, 26], [20, 20]]]}, "properties": {}},
-    ]}))
+    gj.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "geometry": {"type": "Point", "coordinates": [12.5, 10.5]},
+                        "properties": {"objectType": "annotation"},
+                    },
+                    {
+                        "type": "Feature",
+                        "geometry": {
+                            "type": "Polygon",
+                            "coordinates": [[[20, 20], [24, 20], [24, 26], [20, 26], [20, 20]]],
+                        },
+                        "properties": {},
+                    },
+                ],
+            }
+        )
+    )
     # QuPath's corner-origin coordinates -> pixel index: subtract 0.5, swap to (y, x)
     np.testing.assert_allclose(read_points(gj), [[10.0, 12.0], [22.5, 21.5]])
     t = tmp_path / "t.json"
-    assert main(["templates", "from-points", "--image", str(data / "images" / "s0.png"),
-                 "--points", str(gj), "--size", "8", "--out", str(t), "--name", "slide"]) == 0
+    assert (
+        main(
+            [
+                "templates",
+                "from-points",
+                "--image",
+                str(data / "images" / "s0.png"),
+                "--points",
+                str(gj),
+                "--size",
+                "8",
+                "--out",
+                str(t),
+                "--name",
+                "slide",
+            ]
+        )
+        == 0
+    )
     ts = TemplateSet.load(t)
     assert [(x.y, x.x, x.image) for x in ts] == [(10, 12, "slide"), (23, 22, "slide")]
 
@@ -114,8 +206,23 @@ def test_templates_bad_input(tmp_path, capsys):
     data, _ = make_data(tmp_path, n=1)
     gj = tmp_path / "none.geojson"
     gj.write_text('{"type": "FeatureCollection", "features": []}')
-    assert main(["templates", "from-points", "--image", str(data / "images" / "s0.png"),
-                 "--points", str(gj), "--size", "8", "--out", str(tmp_path / "t.json")]) == 1
+    assert (
+        main(
+            [
+                "templates",
+                "from-points",
+                "--image",
+                str(data / "images" / "s0.png"),
+                "--points",
+                str(gj),
+                "--size",
+                "8",
+                "--out",
+                str(tmp_path / "t.json"),
+            ]
+        )
+        == 1
+    )
     assert "none.geojson: no Point" in capsys.readouterr().err
     bad = tmp_path / "v9.json"
     bad.write_text('{"format": "mcf_fast.template_set", "version": 9, "templates": []}')
@@ -123,8 +230,16 @@ def test_templates_bad_input(tmp_path, capsys):
     assert "v9.json: template-set format version 9" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("cmd", [["score"], ["templates"], ["templates", "select"],
-                                 ["templates", "from-points"], ["templates", "show"]])
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        ["score"],
+        ["templates"],
+        ["templates", "select"],
+        ["templates", "from-points"],
+        ["templates", "show"],
+    ],
+)
 def test_help(cmd, capsys):
     assert main([*cmd, "--help"]) == 0
     assert "Usage:" in capsys.readouterr().out

@@ -188,8 +188,9 @@ def test_select_templates_deterministic(tmp_path):
     for t in a:
         lab = ds.load_mask(t.image)
         assert lab[t.y, t.x] > 0 and lab[t.y, t.x] != 99  # centred on a nucleus
-        np.testing.assert_array_equal(t.crop, crop_template(ds.load_image(t.image), t.y, t.x,
-                                                            t.size))
+        np.testing.assert_array_equal(
+            t.crop, crop_template(ds.load_image(t.image), t.y, t.x, t.size)
+        )
     clusters = [s["cluster_size"] for s in a.meta["selection"]]
     assert clusters == sorted(clusters, reverse=True)
     c = select_templates(root, n=4, seed=1)
@@ -210,8 +211,9 @@ def test_select_templates_errors(tmp_path):
 
 
 def test_contact_sheet():
-    ts = TemplateSet.from_points(ramp(30, 30), [[5, 5], [20, 20], [10, 3]], size=[8, 12, 5],
-                                 image_name="im")
+    ts = TemplateSet.from_points(
+        ramp(30, 30), [[5, 5], [20, 20], [10, 3]], size=[8, 12, 5], image_name="im"
+    )
     sheet = contact_sheet(ts, cell=32, columns=2)
     assert sheet.ndim == 3 and sheet.dtype == np.uint8 and sheet.shape[0] > 64
 
@@ -236,11 +238,18 @@ def test_geojson_points_polygons_and_labels(tmp_path):
 
     square = [[1, 1], [4, 1], [4, 4], [1, 4], [1, 1]]  # (x, y), corner origin: pixels 1..3
     doc = [  # QuPath "export as array": a bare list of features
-        {"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": [[0.5, 0.5],
-                                                                             [3.5, 2.5]]}},
+        {
+            "type": "Feature",
+            "geometry": {"type": "MultiPoint", "coordinates": [[0.5, 0.5], [3.5, 2.5]]},
+        },
         {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]}},
-        {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [
-            [[[6, 0], [8, 0], [8, 2], [6, 2], [6, 0]]]]}},
+        {
+            "type": "Feature",
+            "geometry": {
+                "type": "MultiPolygon",
+                "coordinates": [[[[6, 0], [8, 0], [8, 2], [6, 2], [6, 0]]]],
+            },
+        },
         {"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[0, 0], [1, 1]]}},
     ]
     p = tmp_path / "a.geojson"

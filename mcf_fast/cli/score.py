@@ -19,19 +19,45 @@ def _radii(ctx: click.Context, param: click.Parameter, value: str) -> tuple[floa
 
 
 @click.command("score")
-@click.option("--data", "data", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Dataset folder with images/ and masks/ (the ground truth).")
-@click.option("--pred", "pred", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Folder of predictions: <name>.png or .tif (instance labels or a binary "
-                   "mask) and optionally <name>.csv (centres, y,x header).")
-@click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
-              help="Write the results (aggregate and per image) as JSON here.")
-@click.option("--radii", default="6,12", show_default=True, callback=_radii,
-              help="Detection matching radii in pixels, comma-separated.")
+@click.option(
+    "--data",
+    "data",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Dataset folder with images/ and masks/ (the ground truth).",
+)
+@click.option(
+    "--pred",
+    "pred",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of predictions: <name>.png or .tif (instance labels or a binary "
+    "mask) and optionally <name>.csv (centres, y,x header).",
+)
+@click.option(
+    "--out",
+    "out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write the results (aggregate and per image) as JSON here.",
+)
+@click.option(
+    "--radii",
+    default="6,12",
+    show_default=True,
+    callback=_radii,
+    help="Detection matching radii in pixels, comma-separated.",
+)
 @click.option("--aggregate-only", is_flag=True, help="Print only the aggregate row.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def score(data: str, pred: str, out: str | None, radii: tuple[float, ...],
-          aggregate_only: bool, quiet: bool) -> None:
+def score(
+    data: str,
+    pred: str,
+    out: str | None,
+    radii: tuple[float, ...],
+    aggregate_only: bool,
+    quiet: bool,
+) -> None:
     """Score the predictions in PRED against the masks of DATA.
 
     Prints a Markdown table (one row per image, then the aggregate over the dataset:
@@ -49,6 +75,5 @@ def score(data: str, pred: str, out: str | None, radii: tuple[float, ...],
     click.echo(markdown_table(result, per_image=not aggregate_only))
     if out:
         with atomic_path(out) as tmp:
-            tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n",
-                           encoding="utf-8")
+            tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         click.echo(f"wrote {out}", err=True)

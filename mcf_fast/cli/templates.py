@@ -13,13 +13,29 @@ def templates() -> None:
 
 
 @templates.command("select")
-@click.option("--data", "data", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Dataset folder with images/ and masks/ (e.g. the MoNuSeg train split).")
-@click.option("--n", "n", default=10, show_default=True, type=click.IntRange(min=1),
-              help="Number of templates.")
+@click.option(
+    "--data",
+    "data",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Dataset folder with images/ and masks/ (e.g. the MoNuSeg train split).",
+)
+@click.option(
+    "--n",
+    "n",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Number of templates.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="k-means seed.")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
-              help="Template-set file to write (.json).")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Template-set file to write (.json).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def select(data: str, n: int, seed: int, out: str, quiet: bool) -> None:
     """Choose N template nuclei from a dataset with masks, deterministically.
@@ -32,23 +48,48 @@ def select(data: str, n: int, seed: int, out: str, quiet: bool) -> None:
 
     ts = select_templates(data, n=n, seed=seed, progress=not quiet)
     ts.save(out)
-    click.echo(f"{out}: {len(ts)} templates from {ts.meta['n_candidates']} candidate nuclei "
-               f"in {ts.meta['n_images']} images (sizes {sorted(t.size for t in ts)})")
+    click.echo(
+        f"{out}: {len(ts)} templates from {ts.meta['n_candidates']} candidate nuclei "
+        f"in {ts.meta['n_images']} images (sizes {sorted(t.size for t in ts)})"
+    )
 
 
 @templates.command("from-points")
-@click.option("--image", "image", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="The image the points lie in.")
-@click.option("--points", "points", required=True,
-              type=click.Path(exists=True, dir_okay=False),
-              help="Nucleus centres: a CSV with a y,x header, or a QuPath GeoJSON export "
-                   "(points, or polygons whose centroids are used).")
-@click.option("--size", "size", required=True, type=click.IntRange(min=1),
-              help="Side of each square crop in pixels.")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
-              help="Template-set file to write (.json).")
-@click.option("--name", "name", default=None,
-              help="Image name recorded in the set [default: the image's file stem].")
+@click.option(
+    "--image",
+    "image",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The image the points lie in.",
+)
+@click.option(
+    "--points",
+    "points",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Nucleus centres: a CSV with a y,x header, or a QuPath GeoJSON export "
+    "(points, or polygons whose centroids are used).",
+)
+@click.option(
+    "--size",
+    "size",
+    required=True,
+    type=click.IntRange(min=1),
+    help="Side of each square crop in pixels.",
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Template-set file to write (.json).",
+)
+@click.option(
+    "--name",
+    "name",
+    default=None,
+    help="Image name recorded in the set [default: the image's file stem].",
+)
 def from_points(image: str, points: str, size: int, out: str, name: str | None) -> None:
     """Make a template set from points marked on one image.
 
@@ -67,12 +108,23 @@ def from_points(image: str, points: str, size: int, out: str, name: str | None) 
 
 @templates.command("show")
 @click.argument("path", metavar="TEMPLATES", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
-              help="Contact sheet to write (.png); without it only the list is printed.")
-@click.option("--cell", default=96, show_default=True, type=click.IntRange(min=8),
-              help="Side in pixels of each crop on the sheet.")
-@click.option("--columns", default=5, show_default=True, type=click.IntRange(min=1),
-              help="Crops per row.")
+@click.option(
+    "--out",
+    "out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Contact sheet to write (.png); without it only the list is printed.",
+)
+@click.option(
+    "--cell",
+    default=96,
+    show_default=True,
+    type=click.IntRange(min=8),
+    help="Side in pixels of each crop on the sheet.",
+)
+@click.option(
+    "--columns", default=5, show_default=True, type=click.IntRange(min=1), help="Crops per row."
+)
 def show(path: str, out: str | None, cell: int, columns: int) -> None:
     """List the templates of a set and optionally draw a contact sheet."""
     from mcf_fast.io.images import write_image

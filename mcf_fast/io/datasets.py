@@ -166,14 +166,11 @@ class FolderDataset:
             raise DataError(f"{self.root}: dataset folder not found")
         if not images_dir.is_dir():
             raise DataError(
-                f"{self.root}: no images/ folder (expected images/<name>.png and "
-                "masks/<name>.png)"
+                f"{self.root}: no images/ folder (expected images/<name>.png and masks/<name>.png)"
             )
         images = _files_by_stem(images_dir, IMAGE_SUFFIXES, "image")
         if not images:
-            raise DataError(
-                f"{images_dir}: no images found (suffixes {', '.join(IMAGE_SUFFIXES)})"
-            )
+            raise DataError(f"{images_dir}: no images found (suffixes {', '.join(IMAGE_SUFFIXES)})")
         masks: dict[str, Path] = {}
         masks_dir = self.root / "masks"
         if masks_dir.is_dir():

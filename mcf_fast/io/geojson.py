@@ -24,8 +24,7 @@ import numpy as np
 
 from mcf_fast.errors import FormatError, InputError
 
-__all__ = ["read_geojson_points", "read_geojson_polygons", "polygons_to_labels",
-           "polygon_centroid"]
+__all__ = ["read_geojson_points", "read_geojson_polygons", "polygons_to_labels", "polygon_centroid"]
 
 
 def _load(path: str | os.PathLike) -> tuple[Path, Any]:
@@ -57,7 +56,7 @@ def _geometries(doc: Any, p: Path) -> Iterator[dict]:
     elif isinstance(kind, str):
         yield doc
     else:
-        raise FormatError(f"{p}: a GeoJSON object has no \"type\"")
+        raise FormatError(f'{p}: a GeoJSON object has no "type"')
 
 
 def _ring(coords: Any, p: Path) -> np.ndarray:

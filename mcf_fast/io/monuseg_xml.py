@@ -58,8 +58,9 @@ def read_aperio_xml(path: str | os.PathLike) -> list[np.ndarray]:
     for i, reg in enumerate(regions):
         verts = reg.findall("./Vertices/Vertex")
         try:
-            yx = np.array([(float(v.attrib["Y"]), float(v.attrib["X"])) for v in verts],
-                          dtype=np.float64).reshape(-1, 2)
+            yx = np.array(
+                [(float(v.attrib["Y"]), float(v.attrib["X"])) for v in verts], dtype=np.float64
+            ).reshape(-1, 2)
         except (KeyError, ValueError) as exc:
             raise FormatError(f"{p}: region {i} has a vertex without numeric X/Y") from exc
         out.append(yx)

@@ -268,9 +268,7 @@ class TemplateSet:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise FormatError(f"{p}: not a JSON template-set file ({exc})") from exc
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
-            raise FormatError(
-                f"{p}: not a template-set file (expected \"format\": \"{FORMAT_NAME}\")"
-            )
+            raise FormatError(f'{p}: not a template-set file (expected "format": "{FORMAT_NAME}")')
         version = doc.get("version")
         if version != FORMAT_VERSION:
             raise FormatError(
@@ -279,10 +277,10 @@ class TemplateSet:
             )
         entries = doc.get("templates")
         if not isinstance(entries, list) or not entries:
-            raise FormatError(f"{p}: \"templates\" must be a non-empty list")
+            raise FormatError(f'{p}: "templates" must be a non-empty list')
         meta = doc.get("meta", {})
         if not isinstance(meta, dict):
-            raise FormatError(f"{p}: \"meta\" must be an object")
+            raise FormatError(f'{p}: "meta" must be an object')
         templates = []
         for i, e in enumerate(entries):
             try:
@@ -343,8 +341,7 @@ class TemplateSet:
             y, x = int(math.floor(py + 0.5)), int(math.floor(px + 0.5))
             if not (0 <= y < h and 0 <= x < w):
                 raise InputError(
-                    f"{image_name}: point {i} (y={py:g}, x={px:g}) lies outside the "
-                    f"{h}x{w} image"
+                    f"{image_name}: point {i} (y={py:g}, x={px:g}) lies outside the {h}x{w} image"
                 )
             s = _as_int(s, f"size[{i}]")
             templates.append(
@@ -404,9 +401,7 @@ def read_points_csv(path: str | os.PathLike) -> np.ndarray:
         raise FormatError(f"{p}: empty file; expected a header row with columns y,x")
     header = [c.strip().lower() for c in rows[0]]
     if "y" not in header or "x" not in header:
-        raise FormatError(
-            f"{p}: expected a header row with columns y and x, got {rows[0]!r}"
-        )
+        raise FormatError(f"{p}: expected a header row with columns y and x, got {rows[0]!r}")
     iy, ix = header.index("y"), header.index("x")
     out = np.empty((len(rows) - 1, 2), dtype=np.float64)
     for k, r in enumerate(rows[1:]):
@@ -709,7 +704,8 @@ def contact_sheet(
         draw.line([(mid[0], mid[1] - 3), (mid[0], mid[1] + 3)], fill=(0, 255, 0))
         if captions:
             name = t.image if len(t.image) <= 24 else t.image[:11] + ".." + t.image[-11:]
-            draw.text((x0, y0 + cell + 2), f"#{i} {t.size}px y{t.y} x{t.x}", fill="black",
-                      font=font)
+            draw.text(
+                (x0, y0 + cell + 2), f"#{i} {t.size}px y{t.y} x{t.x}", fill="black", font=font
+            )
             draw.text((x0, y0 + cell + 14), name, fill=(60, 60, 60), font=font)
     return np.asarray(sheet)

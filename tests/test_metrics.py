@@ -327,3 +327,12 @@ def test_monuseg_self_score_and_shift(monuseg):
     res = M.score_arrays([(n, s, m, None) for n, s, m in zip(names, shifted, masks, strict=True)])
     assert res["aggregate"]["F1@6"] == 1.0
     assert res["aggregate"]["Dice"] < 0.95
+
+
+def test_huge_and_sparse_instance_ids():
+    gt = box((8, 9), [(1, 2, 1, 3), (5, 7, 4, 8)])
+    pred = np.where(gt == 1, 2**31 - 5, np.where(gt == 2, 70000, 0)).astype(np.int64)
+    check(M.score_image(pred, gt), {k: 1.0 for k in M.METRIC_KEYS})
+    np.testing.assert_allclose(M.instance_centres(pred), M.instance_centres(gt)[::-1])
+    big = np.where(gt == 1, 2**40, np.where(gt == 2, 3 * 2**40, 0)).astype(np.uint64)
+    check(M.score_image(big, gt), {k: 1.0 for k in M.METRIC_KEYS})

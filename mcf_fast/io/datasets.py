@@ -82,7 +82,8 @@ def as_instance_labels(labels: np.ndarray, *, name: str = "labels") -> np.ndarra
 
     A map whose only values are ``{0, v}`` for a single ``v`` (a binary mask, e.g. 0/1 or
     0/255) is split into its 4-connected components, numbered 1..N in raster order.  Any
-    other map is taken as instance ids and returned unchanged (as int32).
+    other map is taken as instance ids and returned unchanged (as int32; ids beyond the
+    int32 range are renumbered 1..N in ascending order).
 
     Parameters
     ----------
@@ -114,6 +115,11 @@ def as_instance_labels(labels: np.ndarray, *, name: str = "labels") -> np.ndarra
 
         out, _ = ndimage.label(a != 0)
         return out.astype(np.int32, copy=False)
+    if nonzero.size and int(nonzero.max()) > np.iinfo(np.int32).max:
+        # ids beyond int32: renumber 1..N in ascending order of the old ids
+        _, inv = np.unique(a, return_inverse=True)
+        inv = inv.reshape(a.shape)
+        return (inv + (0 if a.min() == 0 else 1)).astype(np.int32)
     return a.astype(np.int32, copy=False)
 
 

@@ -78,6 +78,10 @@ def test_load_npy_and_mat(tmp_path, rng):
         assert got.dtype == np.float32 and got.flags.c_contiguous
         np.testing.assert_array_equal(got, table)
         np.testing.assert_array_equal(resolve_color_names(str(tmp_path / name)), table)
+        assert load_color_names(tmp_path / name) is got  # cached per file
+    # a rewritten file is read again
+    np.save(tmp_path / "w2c.npy", table[::-1].copy())
+    np.testing.assert_array_equal(load_color_names(tmp_path / "w2c.npy"), table[::-1])
 
 
 def test_missing_table_names_the_path(tmp_path):

@@ -139,6 +139,8 @@ def load_color_names(path: str | os.PathLike) -> np.ndarray:
     Returns
     -------
     ndarray, shape (32768, 11), float32, C-contiguous
+        Read-only: tables are cached per file (path, modification time and size), so a
+        config that names a file does not re-read it for every image.
 
     Raises
     ------
@@ -150,6 +152,14 @@ def load_color_names(path: str | os.PathLike) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: colour-name table not found (expected w2c.mat or w2c.npy)")
+    st = p.stat()
+    return _load_cached(str(p.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=4)
+def _load_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    """Read a table once per (file, modification time, size)."""
+    p = Path(path)
     suffix = p.suffix.lower()
     try:
         if suffix == ".npy":
@@ -167,7 +177,9 @@ def load_color_names(path: str | os.PathLike) -> np.ndarray:
         raise
     except Exception as exc:  # numpy / scipy raise many types for unreadable files
         raise FormatError(f"{p}: not a readable colour-name table ({exc})") from exc
-    return _validate(a, str(p))
+    table = _validate(a, str(p))
+    table.flags.writeable = False
+    return table
 
 
 def resolve_color_names(spec: str | os.PathLike | None) -> np.ndarray:

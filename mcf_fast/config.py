@@ -72,9 +72,32 @@ class DetectionConfig:
     use_gdbp: bool = True
     gdbp_p: int = 3
     gdbp_q: int = 10
+    #: sigma of the zero-sum Gaussian G of eq. (2), as a fraction of the filter side (ours)
+    g_sigma: float = 0.15
+    #: where G is applied: "crop" (once, at the crop level; ours), "both" (crop and scale
+    #: level, eq. (2) read literally) or "none"
+    g_level: str = "crop"
+    #: fold G and the U crops into one filter per scale when that is exact (top-T with
+    #: T >= U, or mean fusion); False forces the general N*K*U path (same result, slower)
+    fold_crops: bool = True
+    # --- correlation engine (ours) ---
+    #: overlap-save block side (0: chosen by a cost model) and the memory cap of the cached
+    #: filter spectra in MiB
+    block_size: int = 0
+    max_spectra_mib: int = 512
+    # --- centres ---
+    #: centres are local maxima of D (or of S when use_gdbp is off) at least this many
+    #: pixels apart, with normalised response S >= min_score (ours, tuned on train)
+    peak_distance: int = 5
+    min_score: float = 0.3
     # --- pseudo mask ---
     #: t1: background where the normalised response is below it
     t1: float = 0.4
+    #: "paper" (S > ratio * S(centre) in the middle-scale window; background S < t1) or
+    #: "gated" (ours: the paper's rule refined by a colour gate learnt from the templates)
+    pseudo_rule: str = "gated"
+    #: the paper's 0.8 of S(centre) inside the window
+    pseudo_ratio: float = 0.8
 
     def __post_init__(self) -> None:
         c = "DetectionConfig"
@@ -94,6 +117,17 @@ class DetectionConfig:
         _check(self.label_sigma > 0, c, "label_sigma", self.label_sigma, "a positive number")
         _check(self.fusion in ("topk", "mean"), c, "fusion", self.fusion, "'topk' or 'mean'")
         _unit(c, "t1", self.t1)
+        _check(self.g_sigma > 0, c, "g_sigma", self.g_sigma, "a positive number")
+        _check(self.g_level in ("crop", "both", "none"), c, "g_level", self.g_level,
+               "'crop', 'both' or 'none'")
+        _check(isinstance(self.block_size, int) and self.block_size >= 0, c, "block_size",
+               self.block_size, "0 (automatic) or a positive integer")
+        _positive_int(c, "max_spectra_mib", self.max_spectra_mib)
+        _positive_int(c, "peak_distance", self.peak_distance)
+        _unit(c, "min_score", self.min_score)
+        _check(self.pseudo_rule in ("paper", "gated"), c, "pseudo_rule", self.pseudo_rule,
+               "'paper' or 'gated'")
+        _unit(c, "pseudo_ratio", self.pseudo_ratio)
 
 
 @dataclass(frozen=True)

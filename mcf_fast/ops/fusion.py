@@ -1,0 +1,161 @@
+"""Response fusion, eqs. (2)-(3), and the normalisation to [0, 1].
+
+The zero-sum Gaussian weighting of eq. (2) is a correlation of each response map with
+``G``; in the detector it is folded into the filters (:func:`mcf_fast.ops.filters.fold_filter`),
+so what is left here is pointwise: a top-T (or mean) accumulation over the U crops of each
+scale (CFF), over the K scales of each template (MFF), and a top-H accumulation over the N
+templates, eq. (3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.signal import fftconvolve
+
+from mcf_fast.errors import InputError
+from mcf_fast.kernels.fusion import group_topk_kernel, scale_template_kernel
+
+__all__ = ["fuse_crops", "fuse_scales_templates", "fuse_responses", "normalise_response"]
+
+
+def _check_mode(mode: str) -> bool:
+    if mode not in ("topk", "mean"):
+        raise InputError(f"fusion mode = {mode!r}: expected 'topk' or 'mean'")
+    return mode == "mean"
+
+
+def _check_t(name: str, v: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise InputError(f"{name} = {v!r}: expected a positive integer")
+    return int(v)
+
+
+def _as_maps(r: np.ndarray, name: str) -> np.ndarray:
+    a = np.asarray(r)
+    if not np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32)
+    if a.dtype != np.float32:
+        a = a.astype(np.float32)
+    if not np.all(np.isfinite(a)):
+        raise InputError(f"{name}: contains NaN or infinite values")
+    return a
+
+
+def fuse_crops(responses: np.ndarray, *, top_t: int = 3, mode: str = "topk") -> np.ndarray:
+    """CFF: accumulate the top-T of the U crop responses per pixel.
+
+    Parameters
+    ----------
+    responses : ndarray, shape (M, U, H, W)
+        Crop responses (already weighted by ``G_{k,u}``), M = N * K groups.
+    top_t : int
+        T; ``T >= U`` is a plain sum.
+    mode : {"topk", "mean"}
+
+    Returns
+    -------
+    ndarray, shape (M, H, W), float32
+    """
+    mean = _check_mode(mode)
+    t = _check_t("top_t", top_t)
+    r = _as_maps(responses, "responses")
+    if r.ndim != 4:
+        raise InputError(f"responses: expected (M, U, H, W), got shape {r.shape}")
+    m, u, h, w = r.shape
+    out = np.empty((m, h, w), dtype=np.float32)
+    group_topk_kernel(r.reshape(m * u, h, w), u, t, mean, out)
+    return out
+
+
+def fuse_scales_templates(
+    responses: np.ndarray, *, top_t: int = 3, top_h: int = 3, mode: str = "topk"
+) -> np.ndarray:
+    """MFF and eq. (3): top-T over the K scales of each template, then top-H over templates.
+
+    Parameters
+    ----------
+    responses : ndarray, shape (N, K, H, W)
+    top_t, top_h : int
+    mode : {"topk", "mean"}
+
+    Returns
+    -------
+    ndarray, shape (H, W), float32: the fused response S (not normalised).
+    """
+    mean = _check_mode(mode)
+    t = _check_t("top_t", top_t)
+    hh = _check_t("top_h", top_h)
+    r = _as_maps(responses, "responses")
+    if r.ndim != 4:
+        raise InputError(f"responses: expected (N, K, H, W), got shape {r.shape}")
+    n, k, h, w = r.shape
+    out = np.empty((h, w), dtype=np.float32)
+    scale_template_kernel(r.reshape(n * k, h, w), n, k, t, hh, mean, out)
+    return out
+
+
+def fuse_responses(
+    responses: np.ndarray,
+    *,
+    top_t: int = 3,
+    top_h: int = 3,
+    mode: str = "topk",
+    scale_weights: Sequence[Sequence[np.ndarray]] | None = None,
+) -> np.ndarray:
+    """The whole fusion of eqs. (2)-(3) on full response maps.
+
+    Parameters
+    ----------
+    responses : ndarray, shape (N, K, U, H, W)
+        ``S_{k,u}^n``, each already weighted by its ``G_{k,u}`` (or not, as wanted).
+    top_t, top_h : int
+        T (crops and scales) and H (templates).
+    mode : {"topk", "mean"}
+        Top-k accumulation (paper) or mean fusion (Table 3 ablation).
+    scale_weights : N x K arrays, optional
+        ``G_k`` to correlate each crop-fused map ``S_k^n`` with before the scale fusion
+        (eq. 2 read literally); zero outside the map.
+
+    Returns
+    -------
+    ndarray, shape (H, W), float32: S, not yet normalised.
+
+    Examples
+    --------
+    >>> r = np.zeros((2, 1, 1, 1, 1), np.float32); r[:, 0, 0, 0, 0] = [1, 2]
+    >>> float(fuse_responses(r, top_h=1)[0, 0])
+    2.0
+    """
+    r = _as_maps(responses, "responses")
+    if r.ndim != 5:
+        raise InputError(f"responses: expected (N, K, U, H, W), got shape {r.shape}")
+    n, k, u, h, w = r.shape
+    sk = fuse_crops(r.reshape(n * k, u, h, w), top_t=top_t, mode=mode)
+    if scale_weights is not None:
+        for i in range(n):
+            for j in range(k):
+                g = np.asarray(scale_weights[i][j], dtype=np.float64)
+                # correlation with a symmetric G equals convolution
+                sk[i * k + j] = fftconvolve(sk[i * k + j].astype(np.float64), g[::-1, ::-1],
+                                            mode="same")
+    return fuse_scales_templates(sk.reshape(n, k, h, w), top_t=top_t, top_h=top_h, mode=mode)
+
+
+def normalise_response(s: np.ndarray) -> np.ndarray:
+    """Min-max normalisation of S to [0, 1] (a constant map becomes all zeros).
+
+    Returns
+    -------
+    ndarray, same shape, float32
+    """
+    a = np.asarray(s, dtype=np.float32)
+    if a.size == 0:
+        return a.copy()
+    lo, hi = float(a.min()), float(a.max())
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise InputError("response: contains NaN or infinite values")
+    if hi - lo <= 0:
+        return np.zeros_like(a)
+    return ((a - lo) * (1.0 / (hi - lo))).astype(np.float32)

@@ -1,0 +1,326 @@
+"""The detection branch as one object: template set in, centres and pseudo masks out.
+
+:class:`Detector` builds the filter bank of eq. (1) once from a template set; each call of
+:meth:`Detector.detect` then runs features -> FFT correlation with every filter -> fusion
+(eqs. 2-3) -> normalisation -> GDBP (eq. 4) -> centres -> pseudo mask.
+
+Example
+-------
+>>> from mcf_fast.io.templates import TemplateSet              # doctest: +SKIP
+>>> det = Detector(TemplateSet.load("templates.json"))         # doctest: +SKIP
+>>> result = det.detect(read_image("tile.png"))                # doctest: +SKIP
+>>> result.centres[:3], result.scores[:3]                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import fftconvolve
+
+from mcf_fast.config import DetectionConfig
+from mcf_fast.errors import FormatError, InputError
+from mcf_fast.io.images import as_rgb_uint8
+from mcf_fast.kernels.fusion import group_topk_kernel, scale_template_kernel
+from mcf_fast.ops.correlation import SpectralBank, iter_correlate
+from mcf_fast.ops.filters import (
+    FilterBank,
+    build_filter_bank,
+    correlation_filters,
+    crop_sizes,
+    scale_sizes,
+)
+from mcf_fast.ops.fusion import normalise_response
+from mcf_fast.ops.pseudo import find_centres, pseudo_mask
+
+__all__ = ["Detection", "Detector"]
+
+
+@dataclass(frozen=True, eq=False)
+class Detection:
+    """What :meth:`Detector.detect` returns for one image.
+
+    Attributes
+    ----------
+    centres : ndarray, shape (M, 2), int64
+        Nucleus centres (y, x), by decreasing score.
+    scores : ndarray, shape (M,), float32
+        Normalised response S~ at each centre.
+    response : ndarray, shape (H, W), float32
+        The fused, normalised response S~ in [0, 1].
+    gdbp : ndarray, shape (H, W), float32
+        The GDBP map D of eq. (4).
+    pseudo_mask : ndarray, shape (H, W), int8
+        -1 unknown, 0 background, 1 nucleus.
+    """
+
+    centres: np.ndarray
+    scores: np.ndarray
+    response: np.ndarray
+    gdbp: np.ndarray
+    pseudo_mask: np.ndarray
+
+
+def _templates_of(templates) -> tuple:
+    from mcf_fast.io.templates import TemplateSet
+
+    if isinstance(templates, TemplateSet):
+        return templates.templates
+    if isinstance(templates, Sequence) and not isinstance(templates, (str, bytes)):
+        if len(templates) == 0:
+            raise InputError("templates: the template set is empty")
+        return tuple(templates)
+    raise InputError(f"templates: expected a TemplateSet, got {type(templates).__name__}")
+
+
+class Detector:
+    """Correlation-filter nucleus detector (paper sec. 2.1).
+
+    Parameters
+    ----------
+    templates : TemplateSet
+        The template nuclei (at least one).
+    config : DetectionConfig, optional
+        Defaults to ``DetectionConfig()``.
+    device : str
+        ``"cpu"`` (FFTW/scipy + numba) or ``"cuda"`` / ``"cuda:N"`` (torch).
+
+    Raises
+    ------
+    InputError
+        For an empty template set, an unknown device or a missing colour-name file.
+    ConfigError
+        For an invalid config.
+
+    Attributes
+    ----------
+    templates : TemplateSet
+    config : DetectionConfig
+    bank : FilterBank
+        The filters of eq. (1).
+    max_filter_size : int
+        Side of the largest filter actually correlated with the image (with G and the
+        crops folded in); ``max_filter_size // 2`` pixels of context make a tile's response
+        exact away from the image edge.
+    """
+
+    def __init__(
+        self,
+        templates,
+        config: DetectionConfig | None = None,
+        *,
+        device: str = "cpu",
+        _bank: FilterBank | None = None,
+    ) -> None:
+        from mcf_fast.io.templates import TemplateSet
+        from mcf_fast.ops.colornames import resolve_color_names
+
+        cfg = DetectionConfig() if config is None else config
+        if not isinstance(cfg, DetectionConfig):
+            raise InputError(f"config: expected a DetectionConfig, got {type(cfg).__name__}")
+        items = _templates_of(templates)
+        self.templates = templates if isinstance(templates, TemplateSet) else TemplateSet(items)
+        self.config = cfg
+        if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
+            raise InputError(f"device = {device!r}: expected 'cpu' or 'cuda[:N]'")
+        self.device = device
+        self._table = resolve_color_names(cfg.color_names) if cfg.use_cn else None
+        self.bank = _bank if _bank is not None else build_filter_bank(
+            self.templates.crops(), cfg, features=self._features)
+        self._setup()
+
+    # ------------------------------------------------------------------ set-up
+    def _features(self, image: np.ndarray) -> np.ndarray:
+        from mcf_fast.ops.features import extract_features
+
+        return extract_features(image, self.config, table=self._table)
+
+    def _setup(self) -> None:
+        cfg = self.config
+        n_u = self.bank.n_crops
+        self._folded = bool(cfg.fold_crops and (cfg.fusion == "mean" or cfg.top_t >= n_u))
+        filters, layout, gk = correlation_filters(self.bank, g_level=cfg.g_level,
+                                                  fold_crops=self._folded)
+        if cfg.fusion == "mean" and self._folded and n_u > 1:
+            filters = filters / np.float32(n_u)  # mean over crops = sum / U
+        self._layout = layout
+        self._gk = gk
+        self.max_filter_size = int(filters.shape[-1])
+        self._window = int(np.median(self.bank.sizes[:, self.bank.n_scales // 2]))
+        if self.device == "cpu":
+            self._engine = SpectralBank(filters, block=cfg.block_size,
+                                        max_spectra_bytes=cfg.max_spectra_mib * 2**20)
+        else:
+            from mcf_fast.models.torch_detect import TorchCorrelator
+
+            self._engine = TorchCorrelator(filters, device=self.device)
+        self._filters = filters
+
+    # ------------------------------------------------------------------ public API
+    def detect(self, image: np.ndarray) -> Detection:
+        """Detect nuclei in one image.
+
+        Parameters
+        ----------
+        image : ndarray, shape (H, W), (H, W, 3) or (H, W, 4)
+            Any image :func:`~mcf_fast.io.images.as_rgb_uint8` accepts (grayscale is
+            repeated, alpha dropped, uint16 and float in [0, 1] rescaled).  Images smaller
+            than the filters work: the features are mirrored beyond the edges.
+
+        Returns
+        -------
+        Detection
+
+        Raises
+        ------
+        InputError
+            For an image that cannot be converted (NaN values, bad shape or range).
+        """
+        from mcf_fast.ops.gdbp import gdbp
+
+        cfg = self.config
+        rgb = as_rgb_uint8(image, name="image")
+        feats = self._features(rgb)
+        s = self.fused_response(feats)
+        sn = normalise_response(s)
+        d = gdbp(sn, p=cfg.gdbp_p, q=cfg.gdbp_q)
+        centres, scores = find_centres(sn, gdbp=d if cfg.use_gdbp else None,
+                                       min_distance=cfg.peak_distance,
+                                       min_score=cfg.min_score)
+        mask = pseudo_mask(rgb, sn, centres, window=self._window, rule=cfg.pseudo_rule,
+                           t1=cfg.t1, ratio=cfg.pseudo_ratio)
+        return Detection(centres=centres, scores=scores, response=sn, gdbp=d,
+                         pseudo_mask=mask)
+
+    def fused_response(self, features: np.ndarray) -> np.ndarray:
+        """The fused response S of eqs. (2)-(3), before normalisation.
+
+        Parameters
+        ----------
+        features : ndarray, shape (H, W, C)
+            Features of the image (:func:`~mcf_fast.ops.features.extract_features`).
+
+        Returns
+        -------
+        ndarray, shape (H, W), float32
+        """
+        if self.device != "cpu":
+            return self._engine.fused(features, self)
+        cfg = self.config
+        n_t, n_k, n_u = self._layout
+        mean = cfg.fusion == "mean"
+        h, w = features.shape[:2]
+        if not self._gk.any():
+            out = np.empty((h, w), dtype=np.float32)
+            tmp = None
+            for y0, x0, r in iter_correlate(features, self._engine):
+                dst = out[y0 : y0 + r.shape[1], x0 : x0 + r.shape[2]]
+                if n_u > 1:
+                    if tmp is None or tmp.shape[1:] != r.shape[1:]:
+                        tmp = np.empty((n_t * n_k,) + r.shape[1:], dtype=np.float32)
+                    group_topk_kernel(r, n_u, cfg.top_t, mean, tmp)
+                    r = tmp
+                scale_template_kernel(r, n_t, n_k, cfg.top_t, cfg.top_h, mean, dst)
+            return out
+        # eq. (2) read literally with a non-foldable crop fusion: G_k acts on the fused crop
+        # maps, which are computed e pixels beyond the image so the result is exact
+        e = int(self._gk.max()) // 2
+        sk = np.empty((n_t * n_k, h + 2 * e, w + 2 * e), dtype=np.float32)
+        for y0, x0, r in iter_correlate(features, self._engine, margin=e):
+            group_topk_kernel(r, n_u, cfg.top_t, mean,
+                              sk[:, y0 : y0 + r.shape[1], x0 : x0 + r.shape[2]])
+        weighted = np.empty((n_t * n_k, h, w), dtype=np.float32)
+        for n in range(n_t):
+            for k in range(n_k):
+                g = self.bank.g_weight(n, k)
+                ek = g.shape[0] // 2
+                src = sk[n * n_k + k, e - ek : e + ek + h, e - ek : e + ek + w]
+                weighted[n * n_k + k] = fftconvolve(src.astype(np.float64), g[::-1, ::-1],
+                                                    mode="valid")
+        out = np.empty((h, w), dtype=np.float32)
+        scale_template_kernel(weighted, n_t, n_k, cfg.top_t, cfg.top_h, mean, out)
+        return out
+
+    def with_templates(self, templates) -> Detector:
+        """A new detector for ``templates``; filters of templates already here are reused.
+
+        ``templates`` is typically ``self.templates.add(new)``; any template whose crop is
+        identical to one of this detector's keeps its filters, the others are built.
+        """
+        from mcf_fast.io.templates import TemplateSet
+
+        items = _templates_of(templates)
+        tset = templates if isinstance(templates, TemplateSet) else TemplateSet(items)
+        known = {t.crop.tobytes() + bytes(str(t.crop.shape), "ascii"): i
+                 for i, t in enumerate(self.templates)}
+        rows, sizes, crops = [], [], []
+        missing = [t for t in tset if
+                   t.crop.tobytes() + bytes(str(t.crop.shape), "ascii") not in known]
+        fresh = (build_filter_bank([t.crop for t in missing], self.config,
+                                   features=self._features) if missing else None)
+        j = 0
+        for t in tset:
+            key = t.crop.tobytes() + bytes(str(t.crop.shape), "ascii")
+            if key in known:
+                i = known[key]
+                rows.append(self.bank.filters[i])
+                sizes.append(self.bank.sizes[i])
+                crops.append(self.bank.crops[i])
+            else:
+                assert fresh is not None
+                rows.append(fresh.filters[j])
+                sizes.append(fresh.sizes[j])
+                crops.append(fresh.crops[j])
+                j += 1
+        bank = FilterBank(tuple(rows), np.asarray(sizes, np.int64), np.asarray(crops, np.int64),
+                          self.bank.n_channels, self.bank.g_sigma)
+        return Detector(tset, self.config, device=self.device, _bank=bank)
+
+    def save_bank(self, path: str | os.PathLike) -> Path:
+        """Save the filter bank (``.npz``) to travel beside the template-set file."""
+        return self.bank.save(path)
+
+    @classmethod
+    def load(
+        cls,
+        templates,
+        bank_path: str | os.PathLike,
+        config: DetectionConfig | None = None,
+        *,
+        device: str = "cpu",
+    ) -> Detector:
+        """A detector from a template set and a bank saved by :meth:`save_bank`.
+
+        Raises
+        ------
+        FormatError
+            If the bank does not match the templates or the config (count, sizes, crops,
+            feature channels).
+        """
+        from mcf_fast.ops.features import feature_channels
+
+        cfg = DetectionConfig() if config is None else config
+        bank = FilterBank.load(bank_path)
+        items = _templates_of(templates)
+        want_sizes = np.asarray([scale_sizes(t.size, cfg) for t in items], dtype=np.int64)
+        want_crops = np.asarray([[crop_sizes(s, cfg) for s in row] for row in want_sizes],
+                                dtype=np.int64)
+        if (bank.sizes.shape != want_sizes.shape or np.any(bank.sizes != want_sizes)
+                or bank.crops.shape != want_crops.shape or np.any(bank.crops != want_crops)
+                or bank.n_channels != feature_channels(cfg)):
+            raise FormatError(
+                f"{bank_path}: the filter bank ({bank.sizes.shape[0]} templates, "
+                f"{bank.n_channels} channels) does not match the template set "
+                f"({len(items)} templates) and config ({feature_channels(cfg)} channels)")
+        bank = dataclasses.replace(bank, g_sigma=float(cfg.g_sigma))
+        return cls(templates, cfg, device=device, _bank=bank)
+
+    def __repr__(self) -> str:
+        n_t, n_k, n_u = self._layout
+        return (f"Detector({len(self.templates)} templates, {n_t * n_k * n_u} correlation "
+                f"filters of side {self.max_filter_size}, device={self.device!r})")

@@ -1,0 +1,136 @@
+"""The Detector: end to end on a small synthetic image, path equivalences, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mcf_fast.config import DetectionConfig
+from mcf_fast.errors import ConfigError, FormatError, InputError
+from mcf_fast.io.templates import TemplateSet
+from mcf_fast.pipeline.detector import Detection, Detector
+
+CENTRES = [(14, 15), (15, 46), (40, 26), (44, 60), (66, 14), (70, 44), (20, 75), (72, 78)]
+
+
+def synthetic(h: int = 90, w: int = 92, seed: int = 0) -> np.ndarray:
+    """Pink background with dark purple discs (radius 5) at CENTRES."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((h, w, 3), np.float64)
+    img[:] = (236, 190, 214)
+    yy, xx = np.mgrid[:h, :w]
+    for y, x in CENTRES:
+        d2 = (yy - y) ** 2 + (xx - x) ** 2
+        img[d2 <= 25] = (92, 60, 140)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+SMALL = dict(n_scales=3, scale_range=(0.9, 1.1), min_score=0.5, peak_distance=4)
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return synthetic()
+
+
+@pytest.fixture(scope="module")
+def templates(image) -> TemplateSet:
+    return TemplateSet.from_points(image, [CENTRES[0], CENTRES[3]], size=21, image_name="syn")
+
+
+@pytest.fixture(scope="module")
+def detector(templates) -> Detector:
+    return Detector(templates, DetectionConfig(**SMALL))
+
+
+def _matched(centres: np.ndarray, radius: float = 3.0) -> int:
+    return sum(bool(len(centres)) and np.min(np.hypot(*(centres - np.array(c)).T)) <= radius
+               for c in CENTRES)
+
+
+def test_detects_every_disc(detector, image):
+    r = detector.detect(image)
+    assert isinstance(r, Detection)
+    assert r.centres.dtype == np.int64 and r.centres.shape[1] == 2
+    assert r.scores.dtype == np.float32 and r.scores.shape == (len(r.centres),)
+    assert r.response.shape == image.shape[:2] and r.response.dtype == np.float32
+    assert 0.0 <= r.response.min() and r.response.max() == pytest.approx(1.0)
+    assert r.gdbp.shape == image.shape[:2] and r.gdbp.dtype == np.float32
+    assert r.pseudo_mask.dtype == np.int8 and set(np.unique(r.pseudo_mask)) <= {-1, 0, 1}
+    assert _matched(r.centres) == len(CENTRES)
+    assert len(r.centres) <= len(CENTRES) + 2
+    # the pseudo mask labels disc pixels nucleus and far pixels background
+    for y, x in CENTRES:
+        assert r.pseudo_mask[y, x] == 1
+    assert r.pseudo_mask[30, 2] in (0, -1)
+    assert (r.pseudo_mask == 0).sum() > 0.3 * r.pseudo_mask.size
+
+
+@pytest.mark.parametrize("g_level", ["crop", "both"])
+def test_folded_path_equals_general_path(templates, image, g_level):
+    cfg = DetectionConfig(**SMALL, g_level=g_level)
+    fast = Detector(templates, cfg)
+    slow = Detector(templates, DetectionConfig(**SMALL, g_level=g_level, fold_crops=False),
+                    _bank=fast.bank)
+    assert fast._folded and not slow._folded
+    a = fast.fused_response(fast._features(image))
+    b = slow.fused_response(slow._features(image))
+    np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max())
+
+
+def test_paper_rule_and_ablations_run(templates, image):
+    for extra in (dict(pseudo_rule="paper"), dict(use_cff=False), dict(use_mff=False),
+                  dict(top_h=1), dict(fusion="mean"), dict(use_gdbp=False), dict(top_t=2)):
+        r = Detector(templates, DetectionConfig(**{**SMALL, **extra})).detect(image)
+        assert _matched(r.centres, 4.0) >= len(CENTRES) - 2, extra
+
+
+def test_input_conversions(detector, image):
+    base = detector.detect(image)
+    gray = image.mean(2).astype(np.uint8)
+    assert detector.detect(gray).response.shape == gray.shape
+    rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], 2)
+    np.testing.assert_array_equal(detector.detect(rgba).centres, base.centres)
+    u16 = image.astype(np.uint16) * 257
+    np.testing.assert_array_equal(detector.detect(u16).centres, base.centres)
+    f = image.astype(np.float64) / 255
+    np.testing.assert_array_equal(detector.detect(f).centres, base.centres)
+
+
+def test_tiny_image_is_padded(detector, image):
+    assert detector.max_filter_size > 10
+    r = detector.detect(image[:7, :5])
+    assert r.response.shape == (7, 5)
+
+
+def test_bad_input(detector, templates, image, tmp_path):
+    bad = image.astype(np.float64) / 255
+    bad[3, 3, 1] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        detector.detect(bad)
+    with pytest.raises(InputError, match="empty"):
+        Detector([])
+    with pytest.raises(InputError, match="TemplateSet"):
+        Detector("templates.json")
+    with pytest.raises(InputError, match="device"):
+        Detector(templates, device="tpu")
+    with pytest.raises(InputError):
+        Detector(templates, DetectionConfig(color_names=str(tmp_path / "w2c.npy")))
+    with pytest.raises(ConfigError):
+        DetectionConfig(pseudo_rule="magic")
+
+
+def test_bank_save_load_and_with_templates(detector, templates, image, tmp_path):
+    p = detector.save_bank(tmp_path / "bank.npz")
+    back = Detector.load(templates, p, detector.config)
+    np.testing.assert_array_equal(back.detect(image).centres, detector.detect(image).centres)
+    with pytest.raises(FormatError, match="does not match"):
+        Detector.load(templates, p, DetectionConfig())
+    more = templates.add(TemplateSet.from_points(image, [CENTRES[5]], size=19,
+                                                 image_name="syn").templates)
+    d2 = detector.with_templates(more)
+    assert len(d2.templates) == 3 and d2.bank.filters[0] is detector.bank.filters[0]
+    fresh = Detector(more, detector.config)
+    np.testing.assert_allclose(d2.bank.filters[2][1], fresh.bank.filters[2][1])
+    assert _matched(d2.detect(image).centres) == len(CENTRES)

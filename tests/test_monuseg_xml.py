@@ -28,21 +28,22 @@ def test_read_aperio_xml(tmp_path):
     p.write_text(aperio([[(1, 1), (1, 3.5), (3, 3)], [(5, 5), (6, 6), (5, 7)]]))
     polys = read_aperio_xml(p)
     assert len(polys) == 2
-    np.testing.assert_array_equal(polys[0], [[1, 1], [1, 3.5], [3, 3]])  # (Y, X)
+    np.testing.assert_array_equal(polys[0], [[0, 0], [0, 2.5], [2, 2]])  # (Y - 1, X - 1)
 
 
 def test_square_with_integer_vertices():
-    # Vertices X, Y in {1, 3} (1-based pixel centres).  Snapping to the 5x sub-grid moves
-    # each vertex +0.1 px (round(5 * (v - 0.5) + 1) rounds 5v - 1.5 up), so the square covers
-    # 1-based centres 2..3 on both axes: 0-based rows and columns 1..2.
-    lab = rasterise_polygons([np.array([[1, 1], [1, 3], [3, 3], [3, 1]], float)], (5, 5))
+    # Vertices X, Y in {1, 3} in the file (1-based pixel centres), {0, 2} in pixel-index
+    # coordinates.  Snapping to the 5x sub-grid moves each vertex +0.1 px
+    # (round(5 * (V - 0.5) + 1) rounds 5V - 1.5 up), so the square covers pixel-index
+    # centres 1..2 on both axes.
+    lab = rasterise_polygons([np.array([[0, 0], [0, 2], [2, 2], [2, 0]], float)], (5, 5))
     expected = np.zeros((5, 5), np.int32)
     expected[1:3, 1:3] = 1
     np.testing.assert_array_equal(lab, expected)
 
 
 def test_orientation_and_overlap_rule():
-    square = np.array([[1, 1], [1, 3], [3, 3], [3, 1]], float)
+    square = np.array([[0, 0], [0, 2], [2, 2], [2, 0]], float)
     a = rasterise_polygons([square], (6, 6))
     b = rasterise_polygons([square[::-1]], (6, 6))  # clockwise or not: same pixels
     np.testing.assert_array_equal(a, b)
@@ -53,13 +54,13 @@ def test_orientation_and_overlap_rule():
 
 
 def test_polygon_past_the_border_is_clipped():
-    big = np.array([[-3, -3], [-3, 9], [9, 9], [9, -3]], float)
+    big = np.array([[-4, -4], [-4, 8], [8, 8], [8, -4]], float)
     lab = rasterise_polygons([big], (4, 5))
     assert np.all(lab == 1)
 
 
 def test_degenerate_regions_are_empty():
-    lab = rasterise_polygons([np.array([[2.0, 2.0]]), np.array([[1, 1], [1, 3]], float)], (5, 5))
+    lab = rasterise_polygons([np.array([[1.0, 1.0]]), np.array([[0, 0], [0, 2]], float)], (5, 5))
     assert lab.max() == 0
 
 

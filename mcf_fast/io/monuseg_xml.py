@@ -35,8 +35,8 @@ def read_aperio_xml(path: str | os.PathLike) -> list[np.ndarray]:
     Returns
     -------
     list of ndarray, each shape (M, 2), float64
-        One outline per ``<Region>`` in file order, as ``(Y, X)`` in the file's own
-        coordinates (1-based pixel centres, as written by ImageScope); regions with fewer
+        One outline per ``<Region>`` in file order, as ``(y, x)`` in pixel-index
+        coordinates: the file's 1-based ``(Y - 1, X - 1)``; regions with fewer
         than 3 vertices are kept (they rasterise to few or no pixels).
 
     Raises
@@ -58,7 +58,7 @@ def read_aperio_xml(path: str | os.PathLike) -> list[np.ndarray]:
     for i, reg in enumerate(regions):
         verts = reg.findall("./Vertices/Vertex")
         try:
-            yx = np.array(
+            yx = -1.0 + np.array(
                 [(float(v.attrib["Y"]), float(v.attrib["X"])) for v in verts], dtype=np.float64
             ).reshape(-1, 2)
         except (KeyError, ValueError) as exc:
@@ -68,10 +68,11 @@ def read_aperio_xml(path: str | os.PathLike) -> list[np.ndarray]:
 
 
 def rasterise_polygons(polys: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """Rasterise (Y, X) outlines in 1-based pixel-centre coordinates the way poly2mask does.
+    """Rasterise (y, x) outlines (pixel-index coordinates) the way ``poly2mask`` does.
 
     The rule (``poly2mask``'s, re-implemented here): each vertex is snapped to a grid 5x
-    finer than the pixels, ``s = round(5 * (v - 0.5) + 1)`` (round half away from zero); the
+    finer than the pixels, ``s = round(5 * (V - 0.5) + 1)`` for the 1-based coordinate
+    ``V = v + 1`` (round half away from zero); the
     outline is traced between snapped vertices as an integer line (stepping along the
     longer axis, the other coordinate rounded, computed from the left/lower endpoint); each
     step of the trace across a sub-grid line that holds pixel centres is an edge crossing,
@@ -91,7 +92,8 @@ def rasterise_polygons(polys: list[np.ndarray], shape: tuple[int, int]) -> np.nd
     Parameters
     ----------
     polys : list of ndarray, each (M, 2)
-        ``(Y, X)`` vertices, 1-based (pixel ``(r, c)`` has its centre at ``(r + 1, c + 1)``).
+        ``(y, x)`` vertices in pixel-index coordinates, as :func:`read_aperio_xml` returns
+        them (the file's 1-based ``(Y - 1, X - 1)``).
     shape : (int, int)
 
     Returns
@@ -156,14 +158,15 @@ def _poly2mask_box(
 ) -> tuple[int, int, np.ndarray] | None:
     """Inside-mask of one polygon, scanning down the columns, within its bounding box.
 
-    ``x`` and ``y`` are 1-based vertex coordinates (x: the column axis of an (h, w) grid);
+    ``x`` and ``y`` are pixel-index vertex coordinates (x: the column axis of an (h, w) grid);
     returns (row0, col0, bool mask of the box) or None when no pixel is inside.
     """
     if x[-1] != x[0] or y[-1] != y[0]:
         x = np.append(x, x[0])
         y = np.append(y, y[0])
-    sx = _round_half_away(5.0 * (x - 0.5) + 1.0)
-    sy = _round_half_away(5.0 * (y - 0.5) + 1.0)
+    # 1-based V = v + 1, so V - 0.5 = v + 0.5 (the same double as MATLAB's V - 0.5)
+    sx = _round_half_away(5.0 * (x + 0.5) + 1.0)
+    sy = _round_half_away(5.0 * (y + 0.5) + 1.0)
     tx, ty = _trace(sx, sy)
     d = np.diff(tx)
     idx = np.flatnonzero(d)

@@ -141,7 +141,9 @@ def test_results_markdown_sections():
         "n_templates": 10, "seed": 0, "templates_file": "templates.json", "preset": "quick",
         "device": "cpu", "stain": {},
         "runs": [
-            {**row, "section": "main", "method": "mcf", "variant": ""},
+            {**row, "section": "main", "method": "mcf", "variant": "",
+             "detector_centres": {"P@6": 0.25, "R@6": 0.25, "F1@6": 0.25, "P@12": 0.75,
+                                  "R@12": 0.75, "F1@12": 0.75}},
             {**row, "section": "ablation-detection", "method": "detector", "variant": "-CFF"},
             {**row, "section": "ablation-segmentation", "method": "mcf", "variant": "CE"},
             {**row, "section": "sweep", "method": "mcf", "variant": "n=4", "n_templates": 4},
@@ -152,6 +154,7 @@ def test_results_markdown_sections():
                     "## Ablation: segmentation branch", "## Number of templates"):
         assert heading in md
     assert "| 50.00 |" in md
+    assert "detector's own centres" in md and "| 75.00 |" in md
     assert "*59.92*" in md  # paper's -CFF precision
     assert "*55.73*" in md  # paper's CE Dice
     assert "*80.49*" in md  # paper's supervised U-Net Dice
@@ -168,11 +171,99 @@ def test_mcf_and_supervised_end_to_end(dataset, tmp_path):
         assert set(METRIC_KEYS) <= set(r["aggregate"])
         assert len(list((tmp_path / r["pred_dir"]).glob("*.png"))) == 2
     mcf_row = report["runs"][0]
+    assert 0.0 <= mcf_row["detector_centres"]["F1@12"] <= 1.0
     assert len(list((tmp_path / "mcf").glob("*.csv"))) == 2  # detected centres
     rescored = score_folder(dataset / "test", tmp_path / "mcf")
     _aggregate_close(rescored["aggregate"], mcf_row["aggregate"])
 
 
+class _FakeModel:
+    def __init__(self, config, templates):
+        self.config = config
+        self.templates = templates
+
+    def predict(self, image):
+        from types import SimpleNamespace
+
+        from mcf_fast.metrics import instance_centres
+        from mcf_fast.pipeline.baselines import watershed_nuclei
+
+        labels = watershed_nuclei(image)
+        c = instance_centres(labels)
+        return SimpleNamespace(labels=labels, centres=c, detected_centres=c[::2])
+
+
+class _FakeDetector:
+    configs: list = []
+
+    def __init__(self, templates, config):
+        type(self).configs.append(config)
+
+    def detect(self, image):
+        from types import SimpleNamespace
+
+        from mcf_fast.metrics import instance_centres
+        from mcf_fast.pipeline.baselines import watershed_nuclei
+
+        labels = watershed_nuclei(image)
+        return SimpleNamespace(centres=instance_centres(labels),
+                               pseudo_mask=np.where(labels > 0, 1, 0).astype(np.int8))
+
+
+def test_ablation_and_sweep_plumbing(dataset, tmp_path, monkeypatch):
+    """Each Table 3 switch reaches the config it names; the sweep selects n templates."""
+    import types
+
+    import mcf_fast.pipeline.evaluate as ev
+
+    fits = []
+
+    def fake_fit(ctx, config, templates, stain, normalizer):
+        fits.append((config, len(templates)))
+        return _FakeModel(config, templates)
+
+    monkeypatch.setattr(ev, "_fit_mcf", fake_fit)
+    fake_module = types.ModuleType("mcf_fast.pipeline.detector")
+    fake_module.Detector = _FakeDetector
+    monkeypatch.setitem(__import__("sys").modules, "mcf_fast.pipeline.detector", fake_module)
+    _FakeDetector.configs = []
+    report = run_evaluation(dataset, out=tmp_path, n_templates=3, methods="mcf",
+                            ablation=True, templates_sweep="1,2", config=TINY, progress=False)
+    variants = [(r["section"], r["variant"]) for r in report["runs"]]
+    assert variants == [
+        ("main", ""),
+        ("ablation-detection", "MCF"), ("ablation-detection", "-CFF"),
+        ("ablation-detection", "-MFF"), ("ablation-detection", "H=1"),
+        ("ablation-detection", "mean"), ("ablation-detection", "-GDBP"),
+        ("ablation-segmentation", "-seg."), ("ablation-segmentation", "-self."),
+        ("ablation-segmentation", "-syn."), ("ablation-segmentation", "CE"),
+        ("ablation-segmentation", "+weig."),
+        ("sweep", "n=1"), ("sweep", "n=2"),
+    ]
+    base_det = TINY.detection
+    dets = _FakeDetector.configs
+    assert dets[0] == base_det
+    assert dets[1].use_cff is False and dets[2].use_mff is False and dets[3].top_h == 1
+    assert dets[4].fusion == "mean" and dets[5].use_gdbp is False
+    segs = [c.segmentation for c, _ in fits]
+    assert segs[0].loss == "confidence" and segs[0].use_network
+    assert segs[1].use_network is False and segs[2].use_self_finetune is False
+    assert segs[3].use_synthetic is False and segs[4].loss == "ce"
+    assert segs[5].loss == "weighted"
+    assert [n for _, n in fits] == [3, 3, 3, 3, 3, 3, 1, 2]
+    assert all(c.detection == base_det for c, _ in fits)
+    assert report["runs"][0]["detector_centres"]["P@6"] > 0.9  # half of the centres, all right
+    assert report["runs"][0]["detector_centres"]["R@6"] < 0.7
+    md = (tmp_path / "results.md").read_text()
+    for heading in ("## Ablation: detection branch", "## Ablation: segmentation branch",
+                    "## Number of templates"):
+        assert heading in md
+    assert (tmp_path / "ablation" / "detector-no-cff").is_dir()
+    assert (tmp_path / "ablation" / "mcf-plus-weig").is_dir()
+    assert (tmp_path / "sweep" / "mcf-n2").is_dir()
+
+
+@pytest.mark.slow
 @needs_mcf
 @needs_detector
 def test_ablation_and_sweep(dataset, tmp_path):

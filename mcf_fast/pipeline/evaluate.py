@@ -144,6 +144,27 @@ def machine_description(device: str = "cpu") -> dict[str, Any]:
     return info
 
 
+def _source_version() -> str:
+    """mcf_fast's version, plus the git commit (and '+dirty') when run from a checkout."""
+    import subprocess
+
+    from mcf_fast import __version__
+
+    repo = Path(__file__).resolve().parents[2]
+    if not (repo / ".git").exists():
+        return __version__
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain",
+                                "--untracked-files=no", "--", "mcf_fast"],
+                               capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    flag = "+dirty" if dirty.stdout.strip() else ""
+    return f"{__version__} (git {commit.stdout.strip()}{flag})"
+
+
 def _machine_line(m: dict[str, Any]) -> str:
     s = f"{m['cpu']} ({m['cpu_cores']} cores), {m['os']}, Python {m['python']}"
     if "gpu" in m:
@@ -585,6 +606,7 @@ def run_evaluation(
         "command": command if command is not None else " ".join(sys.argv),
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_description(device),
+        "mcf_fast": _source_version(),
         "data": str(root),
         "n_train": len(train.names),
         "n_test": len(test.names),
@@ -714,6 +736,7 @@ def results_markdown(report: dict[str, Any]) -> str:
         f"- Command: `{report['command']}`",
         f"- Date: {report['date']}",
         f"- Machine: {_machine_line(report['machine'])}",
+        f"- mcf_fast: {report.get('mcf_fast', '')}",
         f"- Wall time: {report.get('wall_s', 0):.0f} s"
         + ("" if report.get("complete") else " (incomplete: still running or interrupted)"),
         f"- Data: `{report['data']}` (train {report['n_train']} images, test {n_test} images"

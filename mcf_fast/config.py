@@ -176,8 +176,10 @@ class SegmentationConfig:
     #: watershed seeds: "centres" (detected, plus one per unseeded component) or "distance"
     instance_seeds: str = "centres"
     #: inference tile side and test-time flips (ours)
-    tile: int = 512
+    tile: int = 1024
     tta_flips: bool = False
+    #: colour augmentation of training crops: per-channel gain in 1 +- a, offset +- 64 a (ours)
+    augment_colour: float = 0.0
 
     def __post_init__(self) -> None:
         c = "SegmentationConfig"
@@ -194,7 +196,7 @@ class SegmentationConfig:
             _unit(c, name, getattr(self, name))
         _check(self.device == "cpu" or self.device.startswith("cuda"), c, "device",
                self.device, "'cpu' or 'cuda[:N]'")
-        for name in ("synthetic_fraction", "threshold"):
+        for name in ("synthetic_fraction", "threshold", "augment_colour"):
             _unit(c, name, getattr(self, name))
         _check(self.synthetic_grow >= 0, c, "synthetic_grow", self.synthetic_grow,
                "a non-negative number")

@@ -121,6 +121,7 @@ def test_color_names_parity(rng):
         np.testing.assert_array_equal(got, numpy_color_names(img, table))
 
 
+@pytest.mark.data
 def test_original_table_on_monuseg(monuseg, shared_data):
     from mcf_fast.io.images import read_image
 

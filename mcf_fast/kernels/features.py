@@ -19,7 +19,6 @@ __all__ = [
     "cn_kernel",
     "atan01",
     "hog_cells_kernel",
-    "hog_energy_kernel",
     "hog_normalise_kernel",
 ]
 
@@ -84,9 +83,88 @@ def atan01(x):  # pragma: no cover - compiled
     return x * p
 
 
+@jit(**JIT, inline="always")
+def _row_cell_sums(image, i, bins, cell, cur, up, dn, v0, v1, b0, b1, vk, dst):
+    """Votes of image row ``i`` summed over ``cell``-wide windows: ``dst[k, j]``."""
+    h, w = image.shape[0], image.shape[1]
+    lo = cell // 2
+    scale = np.float32(bins / math.pi)
+    pi32 = np.float32(math.pi)
+    half_pi = np.float32(math.pi / 2)
+    inv255 = np.float32(1.0 / 255.0)
+    iu = max(i - 1, 0)
+    idn = min(i + 1, h - 1)
+    irow = image[i]
+    urow = image[iu]
+    drow = image[idn]
+    for j in range(w):
+        for c in range(3):
+            cur[c, j + 1] = irow[j, c]
+            up[c, j] = urow[j, c]
+            dn[c, j] = drow[j, c]
+    for c in range(3):
+        cur[c, 0] = cur[c, 1]
+        cur[c, w + 1] = cur[c, w]
+    right = cur[:, 2 : w + 2]
+    left = cur[:, 0:w]
+    for j in range(w):
+        gx = right[0, j] - left[0, j]
+        gy = dn[0, j] - up[0, j]
+        best = gx * gx + gy * gy
+        for c in range(1, 3):
+            tx = right[c, j] - left[c, j]
+            ty = dn[c, j] - up[c, j]
+            m2 = tx * tx + ty * ty
+            if m2 > best:
+                best = m2
+                gx = tx
+                gy = ty
+        mag = math.sqrt(best) * inv255
+        # fold into the upper half plane: (gx, gy) and (-gx, -gy) share an orientation
+        if gy < 0 or (gy == 0 and gx < 0):
+            gx = -gx
+            gy = -gy
+        ax = abs(gx)
+        big = max(ax, gy)
+        small = min(ax, gy)
+        ratio = small / big if big > 0 else np.float32(0.0)
+        phi = atan01(ratio)
+        if gy > ax:
+            phi = half_pi - phi
+        theta = pi32 - phi if gx < 0 else phi
+        t = theta * scale - np.float32(0.5)
+        f = math.floor(t)
+        fr = t - f
+        k0 = np.int32(f)
+        if k0 < 0:
+            k0 += bins
+        elif k0 >= bins:
+            k0 -= bins
+        k1 = k0 + 1
+        if k1 >= bins:
+            k1 = 0
+        v0[j] = mag * (np.float32(1.0) - fr)
+        v1[j] = mag * fr
+        b0[j] = k0
+        b1[j] = k1
+    vmid = vk[lo : lo + w]
+    for k in range(bins):
+        for j in range(w):
+            a = v0[j] if b0[j] == k else np.float32(0.0)
+            b = v1[j] if b1[j] == k else np.float32(0.0)
+            vmid[j] = a + b
+        dk = dst[k]
+        for j in range(w):
+            dk[j] = vk[j]
+        for t in range(1, cell):
+            src = vk[t : t + w]
+            for j in range(w):
+                dk[j] += src[j]
+
+
 @jit(**JIT_PARALLEL)
-def hog_cells_kernel(image, bins, cell, hs):  # pragma: no cover - compiled
-    """Orientation votes, summed over a ``cell``-wide window along each row.
+def hog_cells_kernel(image, bins, cell, hist, energy):  # pragma: no cover - compiled
+    """Dense cell histograms of oriented gradients and their squared norms.
 
     Parameters
     ----------
@@ -94,9 +172,12 @@ def hog_cells_kernel(image, bins, cell, hs):  # pragma: no cover - compiled
     bins : int
         Orientation bins over [0, pi).
     cell : int
-        Window width; columns ``j - cell//2 .. j - cell//2 + cell - 1``.
-    hs : float32 (bins, H, W)
-        Output: ``hs[k, i, j]`` = sum of bin-``k`` votes over that window of row ``i``.
+        Cell size: the cell of pixel ``(i, j)`` covers rows and columns
+        ``i - cell//2 .. i - cell//2 + cell - 1`` (same for ``j``), clipped to the image.
+    hist : float32 (bins, H, W)
+        Output: ``hist[k, i, j]`` = sum of the bin-``k`` votes over the cell of ``(i, j)``.
+    energy : float32 (H, W)
+        Output: ``sum_k hist[k, i, j]^2``.
 
     Notes
     -----
@@ -105,17 +186,18 @@ def hog_cells_kernel(image, bins, cell, hs):  # pragma: no cover - compiled
     ``sqrt(gx^2 + gy^2) / 255``; orientation ``atan2(gy, gx)`` (``gy`` along increasing
     rows) folded into [0, pi) and split linearly between the two nearest bin centres
     ``(k + 1/2) pi / bins`` (circularly).  The arctangent is :func:`atan01` after octant
-    reduction, so every pixel loop is branch-free and vectorises.
+    reduction, so the pixel loops are branch-free and vectorise.
+
+    Each block of output rows computes the row-wise cell sums it needs (its own rows and
+    ``cell - 1`` halo rows) into a ring buffer of ``cell`` rows, then adds ``cell`` ring
+    rows in ascending row order for each output row.
     """
     h, w = image.shape[0], image.shape[1]
     lo = cell // 2
-    width = w + cell - 1
-    scale = np.float32(bins / math.pi)
-    pi32 = np.float32(math.pi)
-    half_pi = np.float32(math.pi / 2)
-    inv255 = np.float32(1.0 / 255.0)
-    n_blocks = min(h, _MAX_BLOCKS)
+    n_blocks = max(1, min(h // 32, _MAX_BLOCKS))
     for blk in prange(n_blocks):
+        r0 = blk * h // n_blocks
+        r1 = (blk + 1) * h // n_blocks
         cur = np.empty((3, w + 2), np.float32)
         up = np.empty((3, w), np.float32)
         dn = np.empty((3, w), np.float32)
@@ -123,105 +205,36 @@ def hog_cells_kernel(image, bins, cell, hs):  # pragma: no cover - compiled
         v1 = np.empty(w, np.float32)
         b0 = np.empty(w, np.int32)
         b1 = np.empty(w, np.int32)
-        vk = np.zeros(width, np.float32)  # the padding stays 0
-        for i in range(blk * h // n_blocks, (blk + 1) * h // n_blocks):
-            iu = max(i - 1, 0)
-            idn = min(i + 1, h - 1)
-            for j in range(w):
-                for c in range(3):
-                    cur[c, j + 1] = image[i, j, c]
-                    up[c, j] = image[iu, j, c]
-                    dn[c, j] = image[idn, j, c]
-            for c in range(3):
-                cur[c, 0] = cur[c, 1]
-                cur[c, w + 1] = cur[c, w]
-            for j in range(w):
-                gx = cur[0, j + 2] - cur[0, j]
-                gy = dn[0, j] - up[0, j]
-                best = gx * gx + gy * gy
-                for c in range(1, 3):
-                    tx = cur[c, j + 2] - cur[c, j]
-                    ty = dn[c, j] - up[c, j]
-                    m2 = tx * tx + ty * ty
-                    if m2 > best:
-                        best = m2
-                        gx = tx
-                        gy = ty
-                mag = math.sqrt(best) * inv255
-                # fold into the upper half plane: (gx, gy) and (-gx, -gy) share an orientation
-                if gy < 0 or (gy == 0 and gx < 0):
-                    gx = -gx
-                    gy = -gy
-                ax = abs(gx)
-                big = max(ax, gy)
-                small = min(ax, gy)
-                ratio = small / big if big > 0 else np.float32(0.0)
-                phi = atan01(ratio)
-                if gy > ax:
-                    phi = half_pi - phi
-                theta = pi32 - phi if gx < 0 else phi
-                t = theta * scale - np.float32(0.5)
-                f = math.floor(t)
-                fr = t - f
-                k0 = np.int32(f)
-                if k0 < 0:
-                    k0 += bins
-                elif k0 >= bins:
-                    k0 -= bins
-                k1 = k0 + 1
-                if k1 >= bins:
-                    k1 = 0
-                v0[j] = mag * (np.float32(1.0) - fr)
-                v1[j] = mag * fr
-                b0[j] = k0
-                b1[j] = k1
-            for k in range(bins):
-                vmid = vk[lo : lo + w]
-                for j in range(w):
-                    a = v0[j] if b0[j] == k else np.float32(0.0)
-                    b = v1[j] if b1[j] == k else np.float32(0.0)
-                    vmid[j] = a + b
-                dst = hs[k, i]
-                for j in range(w):
-                    dst[j] = vk[j]
-                for t in range(1, cell):
-                    src = vk[t : t + w]
-                    for j in range(w):
-                        dst[j] += src[j]
-
-
-@jit(**JIT_PARALLEL)
-def hog_energy_kernel(hs, cell, energy):  # pragma: no cover - compiled
-    """Squared norm of each pixel's cell histogram.
-
-    ``energy[i, j] = sum_k (sum_{r in rows(i)} hs[k, r, j])^2`` where ``rows(i)`` is the
-    window ``i - cell//2 .. i - cell//2 + cell - 1`` clipped to the image.
-    """
-    bins, h, w = hs.shape
-    lo = cell // 2
-    n_blocks = min(h, _MAX_BLOCKS)
-    for blk in prange(n_blocks):
-        hrow = np.empty(w, np.float32)
-        for i in range(blk * h // n_blocks, (blk + 1) * h // n_blocks):
+        vk = np.zeros(w + cell - 1, np.float32)  # the padding stays 0
+        ring = np.empty((cell, bins, w), np.float32)
+        next_row = max(r0 - lo, 0)
+        for i in range(r0, r1):
             ra = max(i - lo, 0)
             rb = min(i - lo + cell, h)
+            while next_row < rb:
+                _row_cell_sums(
+                    image, next_row, bins, cell, cur, up, dn, v0, v1, b0, b1, vk,
+                    ring[next_row % cell],
+                )
+                next_row += 1
             e = energy[i]
             for j in range(w):
                 e[j] = 0.0
             for k in range(bins):
+                hk = hist[k, i]
                 for j in range(w):
-                    hrow[j] = 0.0
+                    hk[j] = 0.0
                 for r in range(ra, rb):
-                    src = hs[k, r]
+                    src = ring[r % cell, k]
                     for j in range(w):
-                        hrow[j] += src[j]
+                        hk[j] += src[j]
                 for j in range(w):
-                    e[j] += hrow[j] * hrow[j]
+                    e[j] += hk[j] * hk[j]
 
 
 @jit(**JIT_PARALLEL)
 def hog_normalise_kernel(
-    hs, energy, cell, eps, clip, out, offset, image, table, cn_offset
+    hist, energy, cell, eps, clip, out, offset, image, table, cn_offset
 ):  # pragma: no cover - compiled
     """Cell histograms normalised by the four 2x2-cell blocks that contain the cell.
 
@@ -232,8 +245,7 @@ def hog_normalise_kernel(
 
     Parameters
     ----------
-    hs : float32 (bins, H, W) from :func:`hog_cells_kernel`
-    energy : float32 (H, W) from :func:`hog_energy_kernel`
+    hist, energy : float32 (bins, H, W) and (H, W) from :func:`hog_cells_kernel`
     cell : int
     eps, clip : float
     out : float32 (H, W, C); channels ``offset .. offset + bins - 1`` are written
@@ -244,9 +256,8 @@ def hog_normalise_kernel(
         With a table, its channels go to ``cn_offset .. cn_offset + n - 1`` in the same
         pass (each output pixel is then written once, in full).
     """
-    bins, h, w = hs.shape
+    bins, h, w = hist.shape
     n_cn = table.shape[1] if table.shape[0] > 0 else 0
-    lo = cell // 2
     c = cell
     width = w + 2 * c
     eps32 = np.float32(eps)
@@ -261,7 +272,6 @@ def hog_normalise_kernel(
         n1 = np.empty(w, np.float32)
         n2 = np.empty(w, np.float32)
         n3 = np.empty(w, np.float32)
-        hrow = np.empty(w, np.float32)
         feat = np.empty((bins, w), np.float32)
         for i in range(blk * h // n_blocks, (blk + 1) * h // n_blocks):
             # slices instead of offset indices: numba's negative-index handling of an
@@ -289,15 +299,8 @@ def hog_normalise_kernel(
                 n1[j] = one / math.sqrt(vt_mid[j] + vt_hi[j] + eps32)
                 n2[j] = one / math.sqrt(vb_lo[j] + vb_mid[j] + eps32)
                 n3[j] = one / math.sqrt(vb_mid[j] + vb_hi[j] + eps32)
-            ra = max(i - lo, 0)
-            rb = min(i - lo + cell, h)
             for k in range(bins):
-                for j in range(w):
-                    hrow[j] = 0.0
-                for r in range(ra, rb):
-                    src = hs[k, r]
-                    for j in range(w):
-                        hrow[j] += src[j]
+                hrow = hist[k, i]
                 fk = feat[k]
                 for j in range(w):
                     v = hrow[j]

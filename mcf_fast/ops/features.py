@@ -37,7 +37,6 @@ from mcf_fast.io.images import as_rgb_uint8
 from mcf_fast.kernels.features import (
     cn_kernel,
     hog_cells_kernel,
-    hog_energy_kernel,
     hog_normalise_kernel,
 )
 from mcf_fast.ops.colornames import N_BINS, _validate, resolve_color_names
@@ -88,12 +87,11 @@ def _hog_into(
 ) -> None:
     """Write HOG channels ``offset..`` of `out` (and colour names ``0..10`` with `table`)."""
     h, w = rgb.shape[:2]
-    hs = np.empty((bins, h, w), np.float32)
+    hist = np.empty((bins, h, w), np.float32)
     energy = np.empty((h, w), np.float32)
-    hog_cells_kernel(rgb, bins, cell, hs)
-    hog_energy_kernel(hs, cell, energy)
+    hog_cells_kernel(rgb, bins, cell, hist, energy)
     tab = _NO_TABLE if table is None else table
-    hog_normalise_kernel(hs, energy, cell, HOG_EPS, HOG_CLIP, out, offset, rgb, tab, 0)
+    hog_normalise_kernel(hist, energy, cell, HOG_EPS, HOG_CLIP, out, offset, rgb, tab, 0)
 
 
 def color_name_features(image: np.ndarray, *, table: np.ndarray | None = None) -> np.ndarray:

@@ -245,3 +245,25 @@ def test_atan_polynomial_accuracy():
     x = np.linspace(0.0, 1.0, 10001, dtype=np.float32)
     got = np.array([atan01(v) for v in x[::50]])
     np.testing.assert_allclose(got, np.arctan(x[::50].astype(np.float64)), rtol=0, atol=3e-7)
+
+
+@pytest.mark.parametrize("cell", [1, 3, 4, 6])
+def test_tiled_equals_whole(rng, cell):
+    from mcf_fast.ops.features import feature_halo
+
+    cfg = DetectionConfig(hog_cell=cell)
+    img = _texture(rng, (48, 53))
+    whole = extract_features(img, cfg)
+    halo = feature_halo(cfg)
+    for r0, r1, c0, c1 in ((0, 20, 0, 25), (20, 48, 25, 53), (10, 30, 13, 40)):
+        a0, a1 = max(r0 - halo, 0), min(r1 + halo, 48)
+        b0, b1 = max(c0 - halo, 0), min(c1 + halo, 53)
+        tile = extract_features(img[a0:a1, b0:b1], cfg)
+        np.testing.assert_array_equal(tile[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0],
+                                      whole[r0:r1, c0:c1])
+    # one pixel less context changes some values: the halo is tight
+    r0, r1, c0, c1 = 20, 30, 20, 30
+    tight = extract_features(img[r0 - halo + 1 : r1 + halo - 1, c0 - halo + 1 : c1 + halo - 1],
+                             cfg)
+    assert not np.array_equal(tight[halo - 1 : -(halo - 1), halo - 1 : -(halo - 1)],
+                              whole[r0:r1, c0:c1])

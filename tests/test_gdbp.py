@@ -122,3 +122,17 @@ def test_bad_maps(bad, match):
 def test_bad_radii(p, q, match):
     with pytest.raises(InputError, match=match):
         gdbp(np.zeros((4, 4), np.float32), p=p, q=q)
+
+
+def test_tiled_equals_whole(rng):
+    from mcf_fast.ops.gdbp import gdbp_halo
+
+    s = _smooth_map(rng, (60, 57))
+    whole = gdbp(s, p=3, q=10)
+    halo = gdbp_halo(q=10)
+    for r0, r1, c0, c1 in ((0, 30, 0, 30), (30, 60, 20, 57), (15, 45, 12, 44)):
+        a0, a1 = max(r0 - halo, 0), min(r1 + halo, 60)
+        b0, b1 = max(c0 - halo, 0), min(c1 + halo, 57)
+        tile = gdbp(s[a0:a1, b0:b1], p=3, q=10)
+        np.testing.assert_array_equal(tile[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0],
+                                      whole[r0:r1, c0:c1])

@@ -49,6 +49,7 @@ __all__ = [
     "hog_features",
     "extract_features",
     "feature_channels",
+    "feature_halo",
 ]
 
 #: regulariser of the block norm, in (gradient magnitude x pixels)^2 units
@@ -171,6 +172,26 @@ def feature_channels(config: DetectionConfig | None = None) -> int:
     """
     cfg = DetectionConfig() if config is None else config
     return N_COLOR_NAMES * bool(cfg.use_cn) + int(cfg.hog_bins) * bool(cfg.use_hog)
+
+
+def feature_halo(config: DetectionConfig | None = None) -> int:
+    """Pixels of context a feature vector depends on, in every direction.
+
+    A tile read with this halo around its write region gives, inside the write region,
+    exactly the features of the whole image: colour names are per pixel; HOG reaches one
+    pixel for the gradient, ``max(cell//2, cell - 1 - cell//2)`` for the cell and
+    ``cell`` more for the block normalisation.
+
+    Examples
+    --------
+    >>> feature_halo(DetectionConfig(hog_cell=4))
+    7
+    """
+    cfg = DetectionConfig() if config is None else config
+    if not cfg.use_hog:
+        return 0
+    c = int(cfg.hog_cell)
+    return 1 + max(c // 2, c - 1 - c // 2) + c
 
 
 def extract_features(

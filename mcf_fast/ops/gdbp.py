@@ -31,7 +31,7 @@ import numpy as np
 from mcf_fast.errors import InputError
 from mcf_fast.kernels.gdbp import DIRECTIONS, gdbp_kernel
 
-__all__ = ["gdbp", "gdbp_weights"]
+__all__ = ["gdbp", "gdbp_weights", "gdbp_halo"]
 
 
 def _check_pq(p: int, q: int) -> None:
@@ -70,6 +70,17 @@ def gdbp_weights(*, p: int = 3, q: int = 10) -> np.ndarray:
     w = np.where(s <= p, q - s, 0) - np.minimum(p, np.maximum(s - 1, 0))
     w[0] = 0
     return w.astype(np.float64)
+
+
+def gdbp_halo(*, q: int = 10) -> int:
+    """Pixels of context D depends on: a tile with this halo gives exact D inside it.
+
+    Examples
+    --------
+    >>> gdbp_halo(q=10)
+    10
+    """
+    return int(q)
 
 
 def gdbp(response: np.ndarray, *, p: int = 3, q: int = 10) -> np.ndarray:

@@ -69,6 +69,15 @@ def test_builtin_table_names_basic_colours(rgb, name):
     assert COLOR_NAMES[int(np.argmax(row))] == name
 
 
+def test_srgb_to_lab_matches_skimage(rng):
+    from skimage.color import rgb2lab
+
+    from mcf_fast.ops.colornames import srgb_to_lab
+
+    x = rng.random((500, 3))
+    np.testing.assert_allclose(srgb_to_lab(x), rgb2lab(x[None])[0], atol=1e-3)
+
+
 def test_load_npy_and_mat(tmp_path, rng):
     table = _random_table(rng)
     np.save(tmp_path / "w2c.npy", table.astype(np.float64))

@@ -30,6 +30,7 @@ __all__ = [
     "load_color_names",
     "resolve_color_names",
     "color_index",
+    "srgb_to_lab",
 ]
 
 #: column order of every colour-name table
@@ -69,17 +70,44 @@ def color_index(image: np.ndarray) -> np.ndarray:
     return (a[..., 0] >> 3) + ((a[..., 1] >> 3) << 5) + ((a[..., 2] >> 3) << 10)
 
 
+# sRGB (D65) -> CIE XYZ, and the D65 white point (CIE 1931 2-degree observer)
+_SRGB_TO_XYZ = np.array(
+    [[0.412453, 0.357580, 0.180423],
+     [0.212671, 0.715160, 0.072169],
+     [0.019334, 0.119193, 0.950227]]
+)
+_WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
+
+
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """CIELab (D65) of sRGB values in [0, 1], shape (..., 3) -> (..., 3) float64.
+
+    Examples
+    --------
+    >>> np.round(srgb_to_lab(np.array([1.0, 1.0, 1.0])), 6).tolist()
+    [100.0, 0.0, 0.0]
+    """
+    c = np.asarray(rgb, np.float64)
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = (lin @ _SRGB_TO_XYZ.T) / _WHITE_D65
+    d = 6.0 / 29.0
+    f = np.where(xyz > d**3, np.cbrt(xyz), xyz / (3 * d * d) + 4.0 / 29.0)
+    lab = np.empty_like(f)
+    lab[..., 0] = 116.0 * f[..., 1] - 16.0
+    lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
+    lab[..., 2] = 200.0 * (f[..., 1] - f[..., 2])
+    return lab
+
+
 @lru_cache(maxsize=1)
 def _builtin() -> np.ndarray:
-    from skimage.color import rgb2lab
-
     centres = (np.arange(32) * 8 + 3.5) / 255.0
     b, g, r = np.meshgrid(centres, centres, centres, indexing="ij")
     rgb = np.stack([r.ravel(), g.ravel(), b.ravel()], axis=-1)  # row = r + 32 g + 1024 b
-    lab = rgb2lab(rgb[None])[0]
+    lab = srgb_to_lab(rgb)
     scores = np.empty((N_BINS, len(COLOR_NAMES)), np.float64)
     for k, name in enumerate(COLOR_NAMES):
-        protos = rgb2lab(np.asarray(PROTOTYPES[name], np.float64)[None] / 255.0)[0]
+        protos = srgb_to_lab(np.asarray(PROTOTYPES[name], np.float64) / 255.0)
         d2 = ((lab[:, None, :] - protos[None, :, :]) ** 2).sum(-1)
         scores[:, k] = d2.min(axis=1)
     logits = -scores / (2.0 * BUILTIN_TEMPERATURE**2)

@@ -240,3 +240,40 @@ def test_cli_slide_writes_every_output(slide_path, tmp_path):
     assert min(xs) >= 200 and max(xs) <= 1100
     assert main(["slide", str(slide_path), "--model", str(tmp_path / "nope.bundle"), "--out",
                  str(tmp_path / "x"), "--workers", "0", "--quiet"]) == 1
+
+
+def test_load_predictor_picks_the_adapter(tmp_path):
+    from mcf_fast.errors import FormatError, InputError
+    from mcf_fast.pipeline.slide import PredictorSpec, load_predictor
+
+    assert isinstance(load_predictor("blob"), BlobPredictor)
+    assert isinstance(PredictorSpec("blob", {"norm": 0.2}).build(), BlobPredictor)
+    assert PredictorSpec("blob", {"norm": 0.2}).build().norm == 0.2
+    with pytest.raises(InputError, match="no such model"):
+        load_predictor(tmp_path / "missing.json")
+    junk = tmp_path / "junk.mcf"
+    junk.write_bytes(b"not a bundle")
+    with pytest.raises(FormatError):
+        load_predictor(junk)
+
+
+@pytest.mark.data
+def test_detector_adapter_travels_to_workers(monuseg, tmp_path):
+    """Template set -> DetectorPredictor; it pickles (rebuilt on arrival) and predicts alike."""
+    import pickle
+
+    from test_tiling import _mosaic, _point_templates
+
+    from mcf_fast.pipeline.slide import DetectorPredictor, load_predictor
+
+    path = tmp_path / "t.json"
+    _point_templates(monuseg).save(path)
+    p = load_predictor(path)
+    assert isinstance(p, DetectorPredictor) and p.halo > p.window > 0
+    img = _mosaic(monuseg, 256)
+    p = p.calibrated(p.calibration([img]))
+    clone = pickle.loads(pickle.dumps(p))
+    a, b = p.predict_tile(img), clone.predict_tile(img)
+    assert len(a[1]) > 5
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[0], b[0])

@@ -216,6 +216,71 @@ def test_tiled_equals_whole_on_a_2048_monuseg_mosaic(monuseg):
     assert not (np.array_equal(ids_pt, ids) and np.array_equal(per_tile, whole))
 
 
+def _point_templates(monuseg, n=3):
+    """A small template set: `n` large nuclei of the first train image (fast to build)."""
+    from scipy import ndimage as ndi
+
+    from mcf_fast.io.images import read_image, read_labels
+    from mcf_fast.io.templates import TemplateSet
+
+    name = sorted((monuseg / "train" / "images").glob("*.png"))[0]
+    img = read_image(name)
+    lab = read_labels(monuseg / "train" / "masks" / f"{name.stem}.png")
+    big = np.argsort(np.bincount(lab.ravel()))[::-1][1:1 + 13 * n:13]
+    pts = np.asarray(ndi.center_of_mass(lab > 0, lab, big))
+    return TemplateSet.from_points(img, pts, size=32, image_name=name.stem)
+
+
+def _mosaic(monuseg, side):
+    from mcf_fast.io.images import read_image
+
+    names = sorted((monuseg / "train" / "images").glob("*.png"))[1:5]
+    ims = [read_image(p)[:1000, :1000] for p in names]
+    m = np.concatenate([np.concatenate(ims[:2], 1), np.concatenate(ims[2:], 1)], 0)
+    return np.ascontiguousarray(np.pad(m, ((0, 48), (0, 48), (0, 0)), mode="reflect")
+                                [:side, :side])
+
+
+def _check_detector_tiling(monuseg, side, tile):
+    """Whole vs tiled with the detector; returns the mismatch shares (docs/slides.md)."""
+    pytest.importorskip("mcf_fast.pipeline.detector")
+    from mcf_fast.pipeline.detector import Detector
+    from mcf_fast.pipeline.slide import DetectorPredictor
+
+    img = _mosaic(monuseg, side)
+    raw = DetectorPredictor(Detector(_point_templates(monuseg)))
+    p = raw.calibrated(raw.calibration([img]))
+    whole, ids_w, cen_w = predict_tiled(img, p, tile=side)
+    tiled, ids_t, cen_t = predict_tiled(img, p, tile=tile)
+    assert len(ids_w) > side * side / 2000  # it does find nuclei
+    cw, ct = set(map(tuple, cen_w.astype(int))), set(map(tuple, cen_t.astype(int)))
+    centre_share = len(cw ^ ct) / len(cw)
+    fg = (whole > 0) | (tiled > 0)
+    pixel_share = float((whole != tiled).sum() / fg.sum())
+    assert centre_share <= 0.01, centre_share
+    assert pixel_share <= 0.005, pixel_share
+    # away from the slide's outer edge (where GDBP compares values replicated beyond the
+    # image, equal up to float rounding) the centres agree almost everywhere
+    q = p.detector.config.gdbp_q
+    inner = [c for c in cw ^ ct if q <= c[0] < side - q and q <= c[1] < side - q]
+    assert len(inner) <= 0.002 * len(cw), inner
+    # matched nuclei carry the same id in both, and the ids are consistent with the maps
+    same = np.intersect1d(ids_w, ids_t)
+    assert len(same) >= 0.99 * len(ids_w)
+    return centre_share, pixel_share
+
+
+@pytest.mark.data
+def test_detector_tiled_equals_whole_up_to_border_cases(monuseg):
+    _check_detector_tiling(monuseg, 768, 384)
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_detector_tiled_equals_whole_on_2048(monuseg):
+    _check_detector_tiling(monuseg, 2048, 512)
+
+
 # ------------------------------------------------------------------------- measurements
 def test_measure_nuclei_outlines_and_measurements():
     lab = np.zeros((30, 40), np.int32)

@@ -209,85 +209,230 @@ class BlobPredictor:
         return labels, centres
 
 
+def _detector_reach(det: Any) -> tuple[int, int]:
+    """(halo, nucleus diameter) of a Detector: how far its result at a pixel looks."""
+    cfg = det.config
+    window = int(getattr(det, "_window", 0) or det.max_filter_size // 3)
+    reach = (det.max_filter_size // 2  # correlation with the largest (G-folded) filter
+             + 2 * cfg.hog_cell + 4  # dense HOG cells and their block normalisation
+             + cfg.gdbp_q  # GDBP looks Q steps out
+             + getattr(cfg, "peak_distance", 5))  # local maxima and their suppression
+    # a nucleus owned by the core reaches `window // 2` out, and its pixels are decided by
+    # centres up to another `window // 2` away
+    return reach + 2 * (window // 2) + 2, window
+
+
 class DetectorPredictor:
     """Adapt a :class:`~mcf_fast.pipeline.detector.Detector` to :class:`TilePredictor`.
 
     Centres are the detector's; instances are its nucleus pseudo-mask pixels
-    (``pseudo_mask == 1``), each given to the nearest centre within half a nucleus size
-    (:func:`nearest_centre_labels`; a centre outside the mask keeps a one-pixel shape).
+    (``pseudo_mask == 1``), each given to the nearest centre within half the pseudo-mask
+    window (:func:`nearest_centre_labels`; a centre outside the mask keeps a one-pixel
+    shape).
+
+    Slide-level calibration.  :meth:`Detector.detect` normalises the fused response S to
+    [0, 1] by the image's own minimum and maximum, and its "gated" pseudo mask fits a colour
+    discriminant to the image's own pixels.  On a tile both would be the tile's, so a
+    nucleus near a threshold could be found in one tile and missed by its neighbour.
+    :meth:`calibration` therefore fixes them for the slide: the (min, max) of S over a few
+    sample tiles, and a subsample of the pixels the discriminant learns from (nucleus seeds
+    and confident background); once :meth:`calibrated`, every tile is normalised by the
+    same range and classified by the same colour model.  Outside a slide run (no
+    calibration) the adapter is exactly ``Detector.detect``.
 
     Parameters
     ----------
     detector : Detector
-    nucleus_size : int, optional
-        Diameter in pixels of the largest nucleus expected; defaults to the detector's
-        largest filter.
+    state : dict, optional
+        A calibration from :meth:`calibration`.
     """
 
-    def __init__(self, detector: Any, *, nucleus_size: int | None = None,
-                 response_range: tuple[float, float] | None = None) -> None:
+    #: pixels of each class kept for the slide-level colour model
+    colour_pixels = 4000
+
+    def __init__(self, detector: Any, *, state: dict[str, Any] | None = None) -> None:
         self.detector = detector
-        reach = int(getattr(detector, "max_filter_size", 64))
-        self.nucleus_size = int(nucleus_size or reach)
-        self.response_range = response_range
-        cfg = getattr(detector, "config", None)
-        q = int(getattr(getattr(cfg, "detection", cfg), "gdbp_q", 10) or 10)
-        # correlation (half a filter) + zero-sum Gaussian weighting (half a filter) + GDBP
-        # (Q steps) + the pseudo-mask window (half a filter) + the nucleus itself
-        self.halo = int(1.5 * reach + q + self.nucleus_size + 8)
+        self.halo, self.window = _detector_reach(detector)
+        self.state = dict(state or {})
 
     def __repr__(self) -> str:
-        return f"DetectorPredictor(halo={self.halo}, nucleus_size={self.nucleus_size})"
+        return f"DetectorPredictor(halo={self.halo}, window={self.window})"
 
-    def _detect(self, rgb: np.ndarray):
+    # the Detector holds FFT plans that do not pickle: travel as templates + config and
+    # rebuild the filter bank on arrival (once per worker)
+    def __getstate__(self) -> dict[str, Any]:
         det = self.detector
-        if self.response_range is not None:
-            try:
-                return det.detect(rgb, response_range=self.response_range)
-            except TypeError:  # a Detector without slide-level normalisation
-                pass
-        return det.detect(rgb)
+        return {"templates": det.templates, "config": det.config,
+                "device": getattr(det, "device", "cpu"), "state": self.state}
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        from mcf_fast.pipeline.detector import Detector
+
+        det = Detector(data["templates"], data["config"], device=data["device"])
+        self.__init__(det, state=data["state"])
+
+    # -- calibration ----------------------------------------------------------------------
+    def _raw(self, rgb: np.ndarray) -> np.ndarray:
+        det = self.detector
+        return np.asarray(det.fused_response(det._features(rgb)), np.float32)
 
     def calibration(self, samples: Sequence[np.ndarray]) -> dict[str, Any]:
-        """Slide-level response range, when the detector can report its raw response."""
-        raw = getattr(self.detector, "raw_response", None)
-        if raw is None:
-            return {}
-        lo, hi = math.inf, -math.inf
-        for s in samples:
-            r = np.asarray(raw(s))
-            lo, hi = min(lo, float(r.min())), max(hi, float(r.max()))
-        return {"response_range": [lo, hi]} if hi > lo else {}
+        """Slide-level response range and colour-model pixels from sample tiles."""
+        from scipy import ndimage as ndi
+
+        from mcf_fast.ops.fusion import normalise_response
+
+        raws = [self._raw(s) for s in samples]
+        lo = min(float(r.min()) for r in raws)
+        hi = max(float(r.max()) for r in raws)
+        state: dict[str, Any] = {"response_range": [lo, hi]}
+        nuc, bg = [], []
+        cfg = self.detector.config
+        for rgb, raw in zip(samples, raws, strict=True):
+            sn = normalise_response(raw) if hi <= lo else (raw - lo) / np.float32(hi - lo)
+            c = self._centres(sn)
+            seeds = np.zeros(sn.shape, bool)
+            if len(c):
+                seeds[c[:, 0], c[:, 1]] = True
+                seeds = ndi.binary_dilation(seeds, structure=np.ones((3, 3), bool))
+            nuc.append(rgb[seeds])
+            bg.append(rgb[sn < cfg.t1])
+        rng = np.random.default_rng(0)
+        for name, parts in (("nucleus", nuc), ("background", bg)):
+            px = np.concatenate(parts) if parts else np.zeros((0, 3), np.uint8)
+            if len(px) > self.colour_pixels:
+                px = px[np.sort(rng.choice(len(px), self.colour_pixels, replace=False))]
+            state[f"{name}_pixels"] = px.astype(int).tolist()
+        return state
 
     def calibrated(self, state: dict[str, Any]) -> DetectorPredictor:
-        rr = state.get("response_range")
-        return DetectorPredictor(self.detector, nucleus_size=self.nucleus_size,
-                                 response_range=None if rr is None else (rr[0], rr[1]))
+        return DetectorPredictor(self.detector, state=state)
+
+    # -- prediction -----------------------------------------------------------------------
+    def _posterior(self, rgb: np.ndarray) -> np.ndarray | None:
+        """Nucleus posterior of the slide-level colour model (fitted on the state's pixels)."""
+        from mcf_fast.ops.pseudo import nucleus_posterior
+
+        nuc = np.asarray(self.state.get("nucleus_pixels", []), np.uint8).reshape(-1, 3)
+        bg = np.asarray(self.state.get("background_pixels", []), np.uint8).reshape(-1, 3)
+        flat = rgb.reshape(-1, 3)
+        pixels = np.concatenate([flat, nuc, bg])[:, None, :]
+        n0, n1 = len(flat), len(flat) + len(nuc)
+        is_nuc = np.zeros(len(pixels), bool)
+        is_bg = np.zeros(len(pixels), bool)
+        is_nuc[n0:n1] = True
+        is_bg[n1:] = True
+        post = nucleus_posterior(pixels, is_nuc[:, None], is_bg[:, None])
+        return None if post is None else post[:n0, 0].reshape(rgb.shape[:2])
+
+    def _centres(self, sn: np.ndarray) -> np.ndarray:
+        from mcf_fast.ops.gdbp import gdbp
+        from mcf_fast.ops.pseudo import find_centres
+
+        cfg = self.detector.config
+        d = gdbp(sn, p=cfg.gdbp_p, q=cfg.gdbp_q)
+        return find_centres(sn, gdbp=d if cfg.use_gdbp else None,
+                            min_distance=cfg.peak_distance, min_score=cfg.min_score)[0]
+
+    def _finish(self, rgb: np.ndarray, sn: np.ndarray, *, colour: np.ndarray | None):
+        """GDBP, centres and the pseudo mask from a normalised response (as detect does)."""
+        from mcf_fast.ops.pseudo import pseudo_mask
+
+        det = self.detector
+        cfg = det.config
+        centres = self._centres(sn)
+        rule = getattr(cfg, "pseudo_rule", "paper")
+        if colour is None or rule == "paper":
+            mask = pseudo_mask(rgb, sn, centres, window=det._window, rule=rule, t1=cfg.t1,
+                               ratio=cfg.pseudo_ratio)
+        else:
+            mask = _gated_mask(sn, centres, colour, window=det._window, t1=cfg.t1)
+        return centres, mask
 
     def predict_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        det = self._detect(rgb)
-        centres = np.asarray(det.centres, dtype=np.int64).reshape(-1, 2)
-        fg = np.asarray(det.pseudo_mask) == 1
+        rr = self.state.get("response_range")
+        if rr is None or rr[1] <= rr[0]:
+            det = self.detector.detect(rgb)
+            centres, fg = np.asarray(det.centres, np.int64), np.asarray(det.pseudo_mask) == 1
+        else:
+            raw = self._raw(rgb)
+            sn = ((raw - np.float32(rr[0])) * np.float32(1.0 / (rr[1] - rr[0])))
+            centres, mask = self._finish(rgb, sn.astype(np.float32),
+                                         colour=self._posterior(rgb))
+            fg = mask == 1
+        centres = centres.reshape(-1, 2)
         markers = np.zeros(fg.shape, np.int32)
         if len(centres):
             markers[centres[:, 0], centres[:, 1]] = np.arange(1, len(centres) + 1)
-        labels = nearest_centre_labels(fg, markers, radius=self.nucleus_size / 2)
+        labels = nearest_centre_labels(fg, markers, radius=self.window / 2)
         return associate(labels, centres.astype(np.float64))
+
+
+def _gated_mask(sn: np.ndarray, centres: np.ndarray, post: np.ndarray, *, window: int,
+                t1: float, bg_posterior: float = 0.1, radius_factor: float = 0.3) -> np.ndarray:
+    """The detector's "gated" pseudo mask with a given (slide-level) colour posterior.
+
+    Same rule as :func:`mcf_fast.ops.pseudo.pseudo_mask` (``rule="gated"``): nucleus where
+    the posterior exceeds 0.5 within ``radius_factor * window`` of a centre (pieces holding
+    a centre), background where the posterior is below `bg_posterior` away from centres.
+    """
+    from scipy import ndimage as ndi
+
+    h, w = sn.shape
+    c = np.asarray(centres, np.int64).reshape(-1, 2)
+    out = np.full((h, w), -1, np.int8)
+    radius = max(1.0, radius_factor * window)
+    disc = np.zeros((h, w), bool)
+    if len(c):
+        marks = np.ones((h, w), bool)
+        marks[c[:, 0], c[:, 1]] = False
+        disc = ndi.distance_transform_edt(marks) <= radius
+    fg = disc & (post > 0.5)
+    lab, _ = ndi.label(fg)
+    if len(c):
+        ids = np.unique(lab[c[:, 0], c[:, 1]])
+        fg = np.isin(lab, ids[ids > 0])
+    out[(post < bg_posterior) & ~disc] = 0
+    out[fg] = 1
+    return out
 
 
 class ModelPredictor:
     """Adapt an :class:`~mcf_fast.pipeline.mcf.MCFModel` (a fitted bundle) to
-    :class:`TilePredictor`: its instance labels and their centres."""
+    :class:`TilePredictor`: its instance labels and their centres.
 
-    def __init__(self, model: Any, *, halo: int | None = None) -> None:
+    Parameters
+    ----------
+    model : MCFModel
+    source : path-like, optional
+        The bundle it was loaded from; then it travels to dask workers as this path (each
+        worker loads it once).  Without it the predictor can only run in this process
+        (``workers=0``): pass the bundle path to :func:`run_slide` instead.
+    halo : int, optional
+        Context in pixels; default: the detector's reach plus 64 for the U-Net.
+    """
+
+    def __init__(self, model: Any, *, source: str | os.PathLike | None = None,
+                 halo: int | None = None) -> None:
         self.model = model
+        self.source = None if source is None else str(source)
         det = getattr(model, "detector", None)
-        reach = int(getattr(det, "max_filter_size", 64))
-        # detection reach (see DetectorPredictor) plus the U-Net's receptive field share
-        self.halo = int(halo or (1.5 * reach + 10 + reach + 8 + 64))
+        reach = _detector_reach(det)[0] if det is not None else 128
+        self.halo = int(halo or (reach + 64))
 
     def __repr__(self) -> str:
-        return f"ModelPredictor(halo={self.halo})"
+        return f"ModelPredictor({self.source!r}, halo={self.halo})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self.source is None:
+            raise InputError("ModelPredictor: a model without its bundle path cannot be sent "
+                             "to dask workers; pass the bundle path to run_slide")
+        return {"source": self.source, "halo": self.halo}
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        from mcf_fast.pipeline.mcf import MCFModel
+
+        self.__init__(MCFModel.load(data["source"]), source=data["source"], halo=data["halo"])
 
     def predict_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pred = self.model.predict(rgb)
@@ -338,7 +483,7 @@ def load_predictor(source: str | os.PathLike) -> TilePredictor:
         return DetectorPredictor(Detector(TemplateSet.load(path)))
     from mcf_fast.pipeline.mcf import MCFModel
 
-    return ModelPredictor(MCFModel.load(path))
+    return ModelPredictor(MCFModel.load(path), source=path)
 
 
 # ============================================================================ one tile

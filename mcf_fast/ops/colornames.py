@@ -70,13 +70,14 @@ def color_index(image: np.ndarray) -> np.ndarray:
     return (a[..., 0] >> 3) + ((a[..., 1] >> 3) << 5) + ((a[..., 2] >> 3) << 10)
 
 
-# sRGB (D65) -> CIE XYZ, and the D65 white point (CIE 1931 2-degree observer)
+# sRGB (D65) -> CIE XYZ; the white point is the XYZ of sRGB white under this matrix
+# (D65 to 4 digits), so that white maps exactly to L = 100, a = b = 0
 _SRGB_TO_XYZ = np.array(
     [[0.412453, 0.357580, 0.180423],
      [0.212671, 0.715160, 0.072169],
      [0.019334, 0.119193, 0.950227]]
 )
-_WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
+_WHITE_D65 = _SRGB_TO_XYZ.sum(axis=1)
 
 
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:

@@ -101,12 +101,7 @@ def test_watershed_with_stain_and_given_params(dataset, tmp_path):
 def test_cli_watershed_limit(dataset, tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(["evaluate", "--data", str(dataset), "--out", str(out), "--method", "watershed",
-               "--n-templates", "2", "--limit", "1", "--no-progress", "--preset", "quick"]
-              if HAVE_MCF else
-              ["evaluate", "--data", str(dataset), "--out", str(out), "--method", "watershed",
-               "--n-templates", "2", "--limit", "1", "--no-progress"])
-    if rc != 0 and not importlib.util.find_spec("mcf_fast.presets"):
-        pytest.skip("mcf_fast.presets not available")
+               "--n-templates", "2", "--limit", "1", "--no-progress", "--preset", "quick"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "watershed" in printed and "Dice" in printed

@@ -60,7 +60,8 @@ def evaluate(data: str, out: str, n_templates: int, seed: int, preset: str, meth
 
     Writes OUT/results.md (our numbers beside the paper's Tables 1-3, with the machine,
     date, command and wall time), OUT/results.json, OUT/templates.json and the predictions
-    of each method under OUT/<method>/, which `mcf score ROOT/test OUT/<method>` re-scores.
+    of each method under OUT/<method>/, which
+    `mcf score --data ROOT/test --pred OUT/<method>` re-scores.
     The watershed baseline's parameters are tuned on the train masks only.
     """
     from mcf_fast.pipeline.evaluate import run_evaluation

@@ -8,7 +8,7 @@ Protocol (``ROOT/train`` and ``ROOT/test``, each ``images/`` + ``masks/``):
 3. every method's predictions are scored against the test masks with
    :func:`mcf_fast.metrics.score_arrays` and written under ``OUT/<method>/`` (instance labels
    ``<name>.png`` and, when the method detects centres, ``<name>.csv``), so that
-   ``mcf score ROOT/test OUT/<method>`` re-scores them.
+   ``mcf score --data ROOT/test --pred OUT/<method>`` re-scores them.
 
 Methods: ``mcf`` (the framework), ``watershed`` (the classical baseline of
 :mod:`mcf_fast.pipeline.baselines`, its parameters tuned on the train masks only) and
@@ -841,7 +841,7 @@ def results_markdown(report: dict[str, Any]) -> str:
             lines.append(f"- stain `{r['stain']}`: `{json.dumps(r['params'])}`, {how}")
         lines.append("")
     lines += ["Predictions: `<folder>/<image>.png` (instance labels) and `<image>.csv` "
-              "(detected centres), re-scorable with `mcf score`:", ""]
+              "(centres), re-scorable with `mcf score --data ROOT/test --pred OUT/<folder>`:", ""]
     for r in runs:
         lines.append(f"- `{r['pred_dir']}`: {r['method']} {r['variant']} [{r['stain']}]")
     lines.append("")

@@ -54,7 +54,7 @@ class Mosaic:
         self.size = size
         self.cell = images[0].shape[0]
         rng = np.random.default_rng(seed)
-        n = -(-size // self.cell)
+        n = -(-size // self.cell) + 1  # one more: tiles reach past the last cell
         self.choice = rng.integers(0, len(images), (n, n))
         self.turn = rng.integers(0, 8, (n, n))
         self.images = images
@@ -136,8 +136,20 @@ class Region:
         return RegionReader()
 
 
-def _worker_peak_mib() -> float:
+def _peak_mib() -> float:
+    """This process's peak resident memory (VmHWM; ru_maxrss would include the parent's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _reset_peak() -> None:
+    """Reset VmHWM (Linux: writing 5 to clear_refs), so a peak belongs to one run."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def run_once(reader, model, out: Path, workers: int, tile: int) -> dict:
@@ -150,15 +162,17 @@ def run_once(reader, model, out: Path, workers: int, tile: int) -> dict:
                       dashboard_address=None,
                       env={"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}) as cl, \
             Client(cl) as client:
+        _reset_peak()
         t0 = time.perf_counter()
         report = run_slide(reader, model, out, tile=tile, client=client, progress=True)
         wall = time.perf_counter() - t0
-        worker_peak = max(client.run(_worker_peak_mib).values())
+        worker_peak = max(client.run(_peak_mib).values())
+        client_peak = _peak_mib()
     return {"workers": workers, "tiles": report.n_tissue, "of_tiles": report.n_tiles,
             "nuclei": report.n_nuclei, "megapixels": round(report.megapixels, 2),
             "seconds": round(report.seconds, 2), "wall_seconds": round(wall, 2),
             "mpx_per_s": round(report.megapixels_per_second, 4),
-            "worker_peak_mib": round(worker_peak, 1),
+            "worker_peak_mib": round(worker_peak, 1), "client_peak_mib": round(client_peak, 1),
             "failed": len(report.failed)}
 
 
@@ -188,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         write_slide(slide_path, Mosaic(args.size, images))
         t_write = time.perf_counter() - t0
+        del images
         print(f"wrote {slide_path} ({slide_path.stat().st_size / 2**20:.0f} MiB) in "
               f"{t_write:.1f} s", file=sys.stderr)
         model = args.model
@@ -206,7 +221,6 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_once(reader, model, out, w, args.tile))
             print(json.dumps(rows[-1]), file=sys.stderr)
             shutil.rmtree(out, ignore_errors=True)
-        client_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         base = rows[0]["mpx_per_s"] / rows[0]["workers"]
         for r in rows:
             r["efficiency"] = round(r["mpx_per_s"] / (base * r["workers"]), 3) if base else 0
@@ -218,16 +232,15 @@ def main(argv: list[str] | None = None) -> int:
             "slide": f"{args.size}x{args.size}", "region": args.region or args.size,
             "model": args.model if not args.templates else f"{args.templates} templates",
             "tile": args.tile, "write_seconds": round(t_write, 1),
-            "client_peak_mib": round(client_peak, 1), "runs": rows,
+            "runs": rows,
         }
         print("| workers | tissue tiles | Mpx | seconds | Mpx/s | efficiency | "
-              "worker peak MiB |")
-        print("|---|---|---|---|---|---|---|")
+              "worker peak MiB | client peak MiB |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['workers']} | {r['tiles']} / {r['of_tiles']} | {r['megapixels']} | "
                   f"{r['seconds']} | {r['mpx_per_s']} | {r['efficiency']} | "
-                  f"{r['worker_peak_mib']} |")
-        print(f"client peak {client_peak:.0f} MiB")
+                  f"{r['worker_peak_mib']} | {r['client_peak_mib']} |")
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=1))
         return 0

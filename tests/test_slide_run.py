@@ -105,10 +105,39 @@ def check_outputs(out_dir, img, report):
     assert leftovers == []
 
 
+class CountingPredictor:
+    """The blob predictor that notes, in a file, each process it is unpickled in."""
+
+    def __init__(self, log, inner=None):
+        self.log, self.inner = str(log), inner or BlobPredictor()
+        self.halo = self.inner.halo
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+    def calibration(self, samples):
+        return self.inner.calibration(samples)
+
+    def calibrated(self, state):
+        return CountingPredictor(self.log, self.inner.calibrated(state))
+
+    def predict_tile(self, rgb):
+        return self.inner.predict_tile(rgb)
+
+
 def test_run_on_a_pyramidal_tiff(client, slide_path, slide_image, tmp_path):
     seen = []
-    report = run_slide(slide_path, BlobPredictor(), tmp_path, tile=TILE, client=client,
+    loads = tmp_path / "loads.txt"
+    out = tmp_path / "out"
+    report = run_slide(slide_path, CountingPredictor(loads), out, tile=TILE, client=client,
                        progress=False, on_tile=seen.append)
+    # the model reached each worker once, not once per tile
+    pids = loads.read_text().split()
+    assert 1 <= len(pids) <= 2 and len(set(pids)) == len(pids)
+    assert set(pids) <= {str(p) for p in client.run(os.getpid).values()}
+    tmp_path = out
     assert report.complete and report.workers == 2
     assert report.n_tiles == 20 and report.n_tissue == 9 and report.n_processed == 9
     assert sorted(s["tile"] for s in seen) == tissue_tiles(slide_image)

@@ -84,27 +84,33 @@ def atan01(x):  # pragma: no cover - compiled
 
 
 @jit(**JIT, inline="always")
-def _row_cell_sums(image, i, bins, cell, cur, up, dn, v0, v1, b0, b1, vk, dst):
-    """Votes of image row ``i`` summed over ``cell``-wide windows: ``dst[k, j]``."""
+def _fill_plane(image, x, plane):
+    """Channel planes of image row ``x`` (clamped to the image), padded by one column."""
     h, w = image.shape[0], image.shape[1]
+    src = image[min(max(x, 0), h - 1)]
+    for j in range(w):
+        for c in range(3):
+            plane[c, j + 1] = src[j, c]
+    for c in range(3):
+        plane[c, 0] = plane[c, 1]
+        plane[c, w + 1] = plane[c, w]
+
+
+@jit(**JIT, inline="always")
+def _row_cell_sums(image, i, bins, cell, planes, v0, v1, b0, b1, vk, dst):
+    """Votes of image row ``i`` summed over ``cell``-wide windows: ``dst[k, j]``.
+
+    ``planes[(x + 3) % 3]`` must hold the planes of rows ``x = i - 1, i, i + 1``.
+    """
+    w = image.shape[1]
     lo = cell // 2
     scale = np.float32(bins / math.pi)
     pi32 = np.float32(math.pi)
     half_pi = np.float32(math.pi / 2)
     inv255 = np.float32(1.0 / 255.0)
-    iu = max(i - 1, 0)
-    idn = min(i + 1, h - 1)
-    irow = image[i]
-    urow = image[iu]
-    drow = image[idn]
-    for j in range(w):
-        for c in range(3):
-            cur[c, j + 1] = irow[j, c]
-            up[c, j] = urow[j, c]
-            dn[c, j] = drow[j, c]
-    for c in range(3):
-        cur[c, 0] = cur[c, 1]
-        cur[c, w + 1] = cur[c, w]
+    cur = planes[(i + 3) % 3]
+    up = planes[(i + 2) % 3, :, 1 : w + 1]
+    dn = planes[(i + 4) % 3, :, 1 : w + 1]
     right = cur[:, 2 : w + 2]
     left = cur[:, 0:w]
     for j in range(w):
@@ -198,9 +204,7 @@ def hog_cells_kernel(image, bins, cell, hist, energy):  # pragma: no cover - com
     for blk in prange(n_blocks):
         r0 = blk * h // n_blocks
         r1 = (blk + 1) * h // n_blocks
-        cur = np.empty((3, w + 2), np.float32)
-        up = np.empty((3, w), np.float32)
-        dn = np.empty((3, w), np.float32)
+        planes = np.empty((3, 3, w + 2), np.float32)  # rows x - 1, x, x + 1 by x % 3
         v0 = np.empty(w, np.float32)
         v1 = np.empty(w, np.float32)
         b0 = np.empty(w, np.int32)
@@ -208,12 +212,15 @@ def hog_cells_kernel(image, bins, cell, hist, energy):  # pragma: no cover - com
         vk = np.zeros(w + cell - 1, np.float32)  # the padding stays 0
         ring = np.empty((cell, bins, w), np.float32)
         next_row = max(r0 - lo, 0)
+        _fill_plane(image, next_row - 1, planes[(next_row + 2) % 3])
+        _fill_plane(image, next_row, planes[next_row % 3])
         for i in range(r0, r1):
             ra = max(i - lo, 0)
             rb = min(i - lo + cell, h)
             while next_row < rb:
+                _fill_plane(image, next_row + 1, planes[(next_row + 1) % 3])
                 _row_cell_sums(
-                    image, next_row, bins, cell, cur, up, dn, v0, v1, b0, b1, vk,
+                    image, next_row, bins, cell, planes, v0, v1, b0, b1, vk,
                     ring[next_row % cell],
                 )
                 next_row += 1
@@ -222,9 +229,10 @@ def hog_cells_kernel(image, bins, cell, hist, energy):  # pragma: no cover - com
                 e[j] = 0.0
             for k in range(bins):
                 hk = hist[k, i]
+                first = ring[ra % cell, k]
                 for j in range(w):
-                    hk[j] = 0.0
-                for r in range(ra, rb):
+                    hk[j] = first[j]
+                for r in range(ra + 1, rb):
                     src = ring[r % cell, k]
                     for j in range(w):
                         hk[j] += src[j]

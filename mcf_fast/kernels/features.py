@@ -4,6 +4,10 @@ The public, validating entry points are in :mod:`mcf_fast.ops.features`, which d
 the definitions; these kernels take C-contiguous arrays and caller-provided outputs.
 Each ``prange`` runs over blocks of rows so that per-row scratch is allocated once per
 block, never inside the pixel loops.
+
+Inner loops index 1-D row views from 0 (``src = a[r, c0 : c0 + w]; src[j]``) rather
+than ``a[r, j + c0]``: numba's negative-index fix-up of an index it cannot prove
+non-negative keeps LLVM from vectorising the loop (3-4x slower here).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ _MAX_BLOCKS = 64
 
 
 @jit(**JIT_PARALLEL)
-def cn_kernel(image, table, out, offset):  # pragma: no cover - compiled
+def cn_kernel(image, table, out, offset):
     """Gather colour-name rows: ``out[i, j, offset:offset + n] = table[index(image[i, j])]``.
 
     Parameters
@@ -69,7 +73,7 @@ _ATAN_C7 = np.float32(-0.003962498061000352)
 
 
 @jit(**JIT, inline="always")
-def atan01(x):  # pragma: no cover - compiled
+def atan01(x):
     """float32 arctangent of ``x`` in [0, 1] as a polynomial (vectorises, unlike libm)."""
     u = x * x
     p = _ATAN_C7
@@ -169,7 +173,7 @@ def _row_cell_sums(image, i, bins, cell, planes, v0, v1, b0, b1, vk, dst):
 
 
 @jit(**JIT_PARALLEL)
-def hog_cells_kernel(image, bins, cell, hist, energy):  # pragma: no cover - compiled
+def hog_cells_kernel(image, bins, cell, hist, energy):
     """Dense cell histograms of oriented gradients and their squared norms.
 
     Parameters
@@ -243,7 +247,7 @@ def hog_cells_kernel(image, bins, cell, hist, energy):  # pragma: no cover - com
 @jit(**JIT_PARALLEL)
 def hog_normalise_kernel(
     hist, energy, cell, eps, clip, out, offset, image, table, cn_offset
-):  # pragma: no cover - compiled
+):
     """Cell histograms normalised by the four 2x2-cell blocks that contain the cell.
 
     For the cell centred at ``(i, j)`` the blocks have top-left cells at ``(i + a, j + b)``,

@@ -21,7 +21,7 @@ DIRECTIONS = np.array(
 
 
 @jit(**JIT_PARALLEL)
-def gdbp_kernel(padded, weights, directions, out):  # pragma: no cover - compiled
+def gdbp_kernel(padded, weights, directions, out):
     """D map of eq. (4) with per-step weights.
 
     Parameters

@@ -20,7 +20,7 @@ from seg_fakes import (  # noqa: F401
 
 import mcf_fast.pipeline.mcf as mcf_mod
 from mcf_fast.config import MCFConfig, SegmentationConfig
-from mcf_fast.errors import InputError
+from mcf_fast.errors import DataError, InputError
 from mcf_fast.pipeline.instances import instance_labels, nucleus_table
 from mcf_fast.pipeline.mcf import MCF, MCFModel, mask_residual, missed_nuclei
 
@@ -226,3 +226,29 @@ def test_nucleus_table_matches_direct_computation():
         assert row["mean_intensity"] == pytest.approx(grey[m].mean())
     assert len(table) == lab.max()
     assert len(nucleus_table(np.zeros((3, 3), np.int32))) == 0
+
+
+def test_pseudo_masks_without_background_are_an_error(scene, monkeypatch):
+    img, _, templates = scene
+
+    class NoBackground(ColourDetector):
+        def detect(self, image):
+            d = super().detect(image)
+            pm = d.pseudo_mask.copy()
+            pm[pm == 0] = -1
+            return dataclasses.replace(d, pseudo_mask=pm)
+
+    monkeypatch.setattr(mcf_mod, "_detector_cls", lambda: NoBackground)
+    with pytest.raises(DataError, match="no confident background"):
+        MCF(CONFIG).fit([img], templates, progress=False)
+
+
+def test_history_records_pseudo_fractions(scene):
+    img, _, templates = scene
+    cfg = dataclasses.replace(CONFIG, segmentation=dataclasses.replace(
+        SEG, steps=2, self_steps=0, max_rounds=1))
+    model = MCF(cfg).fit([img], templates, progress=False)
+    frac = model.history[0]["pseudo_fractions"]
+    pm = ColourDetector(templates).detect(img).pseudo_mask
+    assert frac["nucleus"] == pytest.approx(np.mean(pm == 1), abs=1e-5)
+    assert sum(frac.values()) == pytest.approx(1.0, abs=1e-4)

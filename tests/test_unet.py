@@ -196,3 +196,21 @@ def test_predict_any_size_constant_image(h, w, value):
 
 
 _NET = build_unet(SegmentationConfig(width=4, depth=2), seed=0)
+
+
+def test_colour_augmentation(disks):
+    from mcf_fast.models.train import _jitter_colour
+
+    rng = np.random.default_rng(0)
+    batch = np.full((4, 8, 8, 3), 128, np.uint8)
+    out = _jitter_colour(batch, 0.1, rng)
+    assert out.dtype == np.uint8 and out.shape == batch.shape
+    # each sample and channel gets its own gain/offset, within 128 * 1.1 + 6.4 of the input
+    assert len(np.unique(out[:, 0, 0, :])) > 1
+    assert np.all(np.abs(out.astype(int) - 128) <= 128 * 0.1 + 6.4 + 1)
+    img, lab = disks
+    cfg = SegmentationConfig(width=8, depth=2, crop_size=32, batch_size=4, lr=1e-2,
+                             augment_colour=0.1)
+    log: list[float] = []
+    train_unet([img], [_pseudo(lab)], cfg, steps=30, progress=False, log=log)
+    assert np.mean(log[-5:]) < np.mean(log[:5])

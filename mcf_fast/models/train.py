@@ -299,6 +299,15 @@ def _random_crop(img: np.ndarray, tgt: np.ndarray, size: int,
     return dihedral(img[y:y + size, x:x + size], k), dihedral(tgt[y:y + size, x:x + size], k)
 
 
+def _jitter_colour(batch: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    """Per-sample, per-channel gain in ``1 +- amount`` and offset in ``+- 64 amount``."""
+    n = batch.shape[0]
+    gain = rng.uniform(1 - amount, 1 + amount, (n, 1, 1, 3))
+    offset = rng.uniform(-64 * amount, 64 * amount, (n, 1, 1, 3))
+    out = batch.astype(np.float32) * gain.astype(np.float32) + offset.astype(np.float32)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
 def train_unet(
     images: Sequence[np.ndarray],
     targets: Sequence[np.ndarray],
@@ -390,6 +399,8 @@ def train_unet(
         for b in range(n_real, config.batch_size):
             xb[b], t = synthetic.sample(rng, size)
             yb[b] = t
+        if config.augment_colour > 0:
+            xb = _jitter_colour(xb, config.augment_colour, rng)
         x = _to_tensor(xb).to(device)
         y = torch.from_numpy(yb).to(device)
         value = segmentation_loss(net(x), y, loss=loss)
@@ -421,7 +432,7 @@ def predict_proba(
     device: str | torch.device = "cpu",
     tile: int = 512,
     flips: bool = False,
-    halo: int = 32,
+    halo: int = 64,
 ) -> np.ndarray:
     """Nucleus probability p1 of every pixel, by tiles with an overlap margin.
 

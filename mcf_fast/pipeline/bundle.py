@@ -154,7 +154,7 @@ def load_bundle(path: str | os.PathLike, *, device: str = "cpu") -> MCFModel:
             if _BANK in names:
                 bpath = Path(tmpdir) / _BANK
                 bpath.write_bytes(zf.read(_BANK))
-                detector = Detector.load(templates, bpath, config.detection)
+                detector = Detector.load(templates, bpath, config.detection, device=device)
             else:
                 detector = Detector(templates, config.detection, device=device)
             net = None

@@ -38,7 +38,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from mcf_fast.config import MCFConfig, config_to_dict
-from mcf_fast.errors import FormatError, InputError
+from mcf_fast.errors import DataError, FormatError, InputError
 from mcf_fast.io.images import as_rgb_uint8, atomic_path, read_image
 from mcf_fast.pipeline.instances import TABLE_DTYPE, instance_labels, nucleus_table
 
@@ -217,6 +217,21 @@ def _fingerprint(config: MCFConfig, images: list[np.ndarray], names: list[str],
     return h.hexdigest()
 
 
+def _pseudo_fractions(pseudo: list[np.ndarray]) -> dict[str, float]:
+    """Shares of unknown, background and nucleus pixels; an error when a class is absent."""
+    counts = sum(np.bincount(pm.ravel().astype(np.int64) + 1, minlength=3) for pm in pseudo)
+    total = max(int(counts.sum()), 1)
+    frac = {"unknown": counts[0] / total, "background": counts[1] / total,
+            "nucleus": counts[2] / total}
+    for name in ("background", "nucleus"):
+        if frac[name] == 0:
+            raise DataError(
+                f"the detector's pseudo masks hold no confident {name} pixel on any training "
+                "image; the network has nothing to learn from (check the templates and "
+                "DetectionConfig.t1 / pseudo_rule)")
+    return {k: round(float(v), 5) for k, v in frac.items()}
+
+
 def _round_summary(losses: list[float]) -> dict[str, float] | None:
     if not losses:
         return None
@@ -329,19 +344,22 @@ class MCF:
                 r = state["round"]
                 t0 = time.perf_counter()
                 base = seg.seed + 1009 * r
-                detector = Detector(templates, cfg.detection, device=seg.device)
+                if detector is None:
+                    detector = Detector(templates, cfg.detection, device=seg.device)
+                elif detector_set is not templates:  # reuse the filters already built
+                    detector = detector.with_templates(templates)
                 detector_set = templates
-                detections = [detector.detect(im) for im in tqdm(
-                    imgs, desc=f"round {r + 1}: detect", unit="image", disable=not progress,
-                    leave=False)]
-                entry: dict[str, Any] = {
-                    "round": r + 1, "n_templates": len(templates), "added": [],
-                    "detected": int(sum(len(d.centres) for d in detections)),
-                }
-                if not seg.use_network:
+                entry: dict[str, Any] = {"round": r + 1, "n_templates": len(templates),
+                                         "added": []}
+                if not seg.use_network:  # "-seg.": nothing to train, the detector is the model
                     state["done"] = True
                 else:
+                    detections = [detector.detect(im) for im in tqdm(
+                        imgs, desc=f"round {r + 1}: detect", unit="image",
+                        disable=not progress, leave=False)]
+                    entry["detected"] = int(sum(len(d.centres) for d in detections))
                     pseudo = [np.asarray(d.pseudo_mask, np.int8) for d in detections]
+                    entry["pseudo_fractions"] = _pseudo_fractions(pseudo)
                     if seg.loss == "weighted":
                         targets = [np.clip(np.asarray(d.response, np.float32), 0, 1)
                                    for d in detections]
@@ -390,8 +408,10 @@ class MCF:
                                      net.state_dict() if net is not None else None)
                 if on_round is not None:
                     on_round(r, entry)
-        if detector is None or detector_set is not templates:
+        if detector is None:
             detector = Detector(templates, cfg.detection, device=seg.device)
+        elif detector_set is not templates:
+            detector = detector.with_templates(templates)
         if net is not None:
             net.eval()
         return MCFModel(cfg, templates, detector, net, stain=stain,

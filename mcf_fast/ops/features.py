@@ -60,13 +60,23 @@ HOG_CLIP = 0.2
 N_COLOR_NAMES = 11
 
 
+def _readonly(a: np.ndarray) -> np.ndarray:
+    # numba compiles separate code for read-only and writable arrays; tables are always
+    # passed read-only so each kernel compiles once
+    if not a.flags.writeable:
+        return a
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
 def _table(table: np.ndarray | None) -> np.ndarray:
     if table is None:
         return resolve_color_names(None)
     a = np.asarray(table)
     if a.dtype == np.float32 and a.flags.c_contiguous and a.shape == (N_BINS, N_COLOR_NAMES):
-        return a
-    return _validate(a, "table")
+        return _readonly(a)
+    return _readonly(_validate(a, "table"))
 
 
 def _check_hog_args(bins: int, cell: int) -> None:
@@ -76,6 +86,7 @@ def _check_hog_args(bins: int, cell: int) -> None:
 
 
 _NO_TABLE = np.zeros((0, 0), np.float32)
+_NO_TABLE.flags.writeable = False
 
 
 def _hog_into(

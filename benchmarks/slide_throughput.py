@@ -144,6 +144,11 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _reset_peak() -> None:
     """Reset VmHWM (Linux: writing 5 to clear_refs), so a peak belongs to one run."""
     try:
@@ -163,16 +168,23 @@ def run_once(reader, model, out: Path, workers: int, tile: int) -> dict:
                       env={"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}) as cl, \
             Client(cl) as client:
         _reset_peak()
+        cpu0 = sum(client.run(_cpu_seconds).values())
+        load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         report = run_slide(reader, model, out, tile=tile, client=client, progress=True)
         wall = time.perf_counter() - t0
+        worker_cpu = sum(client.run(_cpu_seconds).values()) - cpu0
         worker_peak = max(client.run(_peak_mib).values())
         client_peak = _peak_mib()
+        load1 = os.getloadavg()[0]
     return {"workers": workers, "tiles": report.n_tissue, "of_tiles": report.n_tiles,
             "nuclei": report.n_nuclei, "megapixels": round(report.megapixels, 2),
             "seconds": round(report.seconds, 2), "wall_seconds": round(wall, 2),
             "mpx_per_s": round(report.megapixels_per_second, 4),
             "worker_peak_mib": round(worker_peak, 1), "client_peak_mib": round(client_peak, 1),
+            "worker_cpu_seconds": round(worker_cpu, 1),
+            "mpx_per_cpu_s": round(report.megapixels / worker_cpu, 4) if worker_cpu else 0.0,
+            "load_average": [round(load0, 2), round(load1, 2)],
             "failed": len(report.failed)}
 
 
@@ -234,13 +246,14 @@ def main(argv: list[str] | None = None) -> int:
             "tile": args.tile, "write_seconds": round(t_write, 1),
             "runs": rows,
         }
-        print("| workers | tissue tiles | Mpx | seconds | Mpx/s | efficiency | "
-              "worker peak MiB | client peak MiB |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| workers | tissue tiles | Mpx | seconds | Mpx/s | efficiency | Mpx per worker "
+              "CPU-s | worker peak MiB | client peak MiB | load avg |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['workers']} | {r['tiles']} / {r['of_tiles']} | {r['megapixels']} | "
                   f"{r['seconds']} | {r['mpx_per_s']} | {r['efficiency']} | "
-                  f"{r['worker_peak_mib']} | {r['client_peak_mib']} |")
+                  f"{r['mpx_per_cpu_s']} | {r['worker_peak_mib']} | {r['client_peak_mib']} | "
+                  f"{r['load_average'][0]}-{r['load_average'][1]} |")
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=1))
         return 0

@@ -231,6 +231,9 @@ def test_documented_conversions(rng):
     rgba = np.concatenate([rgb, np.zeros((12, 14, 1), np.uint8)], axis=2)
     np.testing.assert_array_equal(extract_features(rgba), extract_features(rgb))
     np.testing.assert_array_equal(extract_features(rgb / 255.0), extract_features(rgb))
+    # 16-bit: scaled by 255/65535 (v * 257 maps back to v exactly)
+    np.testing.assert_array_equal(extract_features(rgb.astype(np.uint16) * 257),
+                                  extract_features(rgb))
 
 
 def test_bad_inputs():

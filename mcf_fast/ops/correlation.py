@@ -11,15 +11,16 @@ inverse transform.  Full-image filter spectra would take ``F * C`` image-sized c
 arrays (gigabytes for 50 filters of 20 channels), so the image is cut into blocks
 (overlap-save): a block of side ``B`` yields ``B - f + 1`` valid output rows and columns,
 and the filter spectra are only ``B`` x ``B`` -- computed once per block size and cached.
-Per frequency the sum over channels of all blocks against all filters is one small matrix
-product (``(F x C) @ (C x blocks)``), which runs on BLAS.
+Per frequency the sum over channels of a batch of blocks against all filters is one small
+matrix product (``(F x C) @ (C x blocks)``), computed by a numba kernel in cache-sized
+frequency chunks (:mod:`mcf_fast.kernels.correlation`).
 
 Borders: outside the image the features are mirrored (numpy ``mode="symmetric"``: the edge
 pixel repeated, ``... 1 0 | 0 1 ...``), so any image size works, even one smaller than the
 filters.
 
-FFTs: pyFFTW plans (built once per shape, reused; ``FFTW_MEASURE`` wisdom is kept for the
-process) when pyfftw imports, ``scipy.fft`` otherwise; both use ``workers`` threads.
+FFTs: pyFFTW plans (built once per shape, reused; ``FFTW_MEASURE`` wisdom kept on disk) when
+pyfftw imports, ``scipy.fft`` otherwise; both use ``workers`` threads (:class:`_FFT`).
 """
 
 from __future__ import annotations
@@ -29,17 +30,20 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.fft as sfft
 
 from mcf_fast.errors import InputError
+from mcf_fast.kernels.correlation import spectral_mac_kernel
 
 __all__ = [
     "BlockPlan",
     "SpectralBank",
     "correlate_bank",
     "iter_correlate",
+    "iter_correlate_batches",
     "pad_features",
     "plan_blocks",
     "default_workers",
@@ -49,8 +53,10 @@ __all__ = [
 #: ns per complex multiply-add of the channel sum; only their ratio matters
 _FFT_NS = 0.21
 _MAC_NS = 0.19
-#: memory cap of one group of blocks (input and output spectra) in bytes
-_GROUP_BYTES = 96 * 2**20
+#: memory cap of the spectra of one group of blocks (inputs and products) in bytes
+_GROUP_BYTES = 192 * 2**20
+#: frequencies per parallel chunk of the multiply-add kernel
+_MAC_CHUNK = 1024
 
 
 def default_workers() -> int:
@@ -162,51 +168,152 @@ def pad_features(features: np.ndarray, margin: int) -> np.ndarray:
     return np.pad(z, ((0, 0), (margin, margin), (margin, margin)), mode="symmetric")
 
 
-class _FFT:
-    """Batched real 2-D FFTs over the last two axes with cached plans."""
+def _wisdom_path() -> Path | None:
+    env = os.environ.get("MCF_FFTW_WISDOM")
+    if env == "0":
+        return None
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mcf_fast" / "fftw-wisdom.bin"
 
-    _lock = threading.Lock()
+
+_WISDOM_MAGIC = b"MCFW1\n"
+
+
+def _load_wisdom(pyfftw) -> None:
+    path = _wisdom_path()
+    if path is None or not path.is_file():
+        return
+    try:
+        data = path.read_bytes()
+        if not data.startswith(_WISDOM_MAGIC):
+            return
+        pos, parts = len(_WISDOM_MAGIC), []
+        while pos < len(data):
+            n = int.from_bytes(data[pos : pos + 8], "little")
+            parts.append(data[pos + 8 : pos + 8 + n])
+            pos += 8 + n
+        pyfftw.import_wisdom(tuple(parts))
+    except Exception:  # a damaged cache only costs planning time
+        return
+
+
+def _save_wisdom(pyfftw) -> None:
+    path = _wisdom_path()
+    if path is None:
+        return
+    try:
+        from mcf_fast.io.images import atomic_path
+
+        blob = _WISDOM_MAGIC + b"".join(len(w).to_bytes(8, "little") + w
+                                        for w in pyfftw.export_wisdom())
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(blob)
+    except OSError:  # read-only home: plans are still cached in memory
+        return
+
+
+class _FFT:
+    """Batched real 2-D FFTs of (M, h, w) stacks with cached single-transform plans.
+
+    With pyFFTW, one plan per shape and thread (``FFTW_MEASURE``, planning time capped,
+    wisdom kept on disk across processes: ``$MCF_FFTW_WISDOM``, default
+    ``~/.cache/mcf_fast/fftw-wisdom.bin``; ``MCF_FFTW_WISDOM=0`` turns the file off); the
+    transforms of a stack are shared among ``workers`` threads (FFTW releases the GIL).
+    Without pyFFTW, ``scipy.fft`` with ``workers`` threads.
+    """
+
+    _wisdom_lock = threading.Lock()
+    _wisdom_loaded = False
 
     def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self._plans: dict[tuple, object] = {}
+        self.workers = max(1, int(workers))
+        self._local = threading.local()
+        self._pool = None
         try:
             import pyfftw
 
             self._pyfftw = pyfftw
         except ImportError:  # pragma: no cover - pyfftw is a dependency
             self._pyfftw = None
+        if self._pyfftw is not None:
+            with _FFT._wisdom_lock:
+                if not _FFT._wisdom_loaded:
+                    _load_wisdom(self._pyfftw)
+                    _FFT._wisdom_loaded = True
 
-    def _plan(self, kind: str, shape: tuple[int, ...], s: tuple[int, int]):
-        key = (kind, shape, s)
-        plan = self._plans.get(key)
+    def _plan(self, kind: str, shape: tuple[int, int]):
+        plans = getattr(self._local, "plans", None)
+        if plans is None:
+            plans = self._local.plans = {}
+        plan = plans.get((kind, shape))
         if plan is None:
             p = self._pyfftw
-            with self._lock:
+            h, w = shape
+            with _FFT._wisdom_lock:
+                real = p.empty_aligned((h, w), dtype=np.float32)
+                cplx = p.empty_aligned((h, w // 2 + 1), dtype=np.complex64)
+                flags = ("FFTW_MEASURE", "FFTW_UNALIGNED", "FFTW_DESTROY_INPUT")
                 if kind == "r":
-                    a = p.empty_aligned(shape, dtype=np.float32)
-                    plan = p.builders.rfft2(a, s=s, axes=(-2, -1), threads=self.workers,
-                                            planner_effort="FFTW_MEASURE",
-                                            overwrite_input=True, auto_align_input=True)
+                    plan = p.FFTW(real, cplx, axes=(0, 1), direction="FFTW_FORWARD",
+                                  flags=flags, threads=1, planning_timelimit=5.0)
                 else:
-                    a = p.empty_aligned(shape, dtype=np.complex64)
-                    plan = p.builders.irfft2(a, s=s, axes=(-2, -1), threads=self.workers,
-                                             planner_effort="FFTW_MEASURE",
-                                             auto_align_input=True)
-            self._plans[key] = plan
+                    plan = p.FFTW(cplx, real, axes=(0, 1), direction="FFTW_BACKWARD",
+                                  flags=flags, threads=1, planning_timelimit=5.0)
+                _save_wisdom(p)
+            plans[(kind, shape)] = plan
         return plan
 
-    def rfft2(self, a: np.ndarray) -> np.ndarray:
-        if self._pyfftw is None:
-            return sfft.rfft2(a, axes=(-2, -1), workers=self.workers)
-        plan = self._plan("r", a.shape, a.shape[-2:])
-        return plan(a)
+    def _run(self, kind: str, src: np.ndarray, dst: np.ndarray, shape: tuple[int, int]):
+        def work(lo: int, hi: int) -> None:
+            plan = self._plan(kind, shape)
+            for i in range(lo, hi):
+                plan.update_arrays(src[i], dst[i])
+                plan.execute()
+            if kind == "c":  # FFTW's c2r is unnormalised
+                dst[lo:hi] *= np.float32(1.0 / (shape[0] * shape[1]))
 
-    def irfft2(self, a: np.ndarray, s: tuple[int, int]) -> np.ndarray:
+        m = src.shape[0]
+        nw = min(self.workers, m)
+        if nw <= 1:
+            work(0, m)
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mcf-fft")
+        cuts = np.linspace(0, m, nw + 1).astype(int)
+        futures = [self._pool.submit(work, int(cuts[i]), int(cuts[i + 1])) for i in range(nw)]
+        for f in futures:
+            f.result()
+
+    def rfft2(self, a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(M, h, w) float32 -> (M, h, w // 2 + 1) complex64 (into ``out`` if given)."""
+        m, h, w = a.shape
         if self._pyfftw is None:
-            return sfft.irfft2(a, s=s, axes=(-2, -1), workers=self.workers)
-        plan = self._plan("c", a.shape, s)
-        return plan(a)
+            r = sfft.rfft2(a, axes=(-2, -1), workers=self.workers)
+            if out is None:
+                return r.astype(np.complex64)
+            out[...] = r
+            return out
+        if out is None:
+            out = np.empty((m, h, w // 2 + 1), dtype=np.complex64)
+        self._run("r", np.ascontiguousarray(a, dtype=np.float32), out, (h, w))
+        return out
+
+    def irfft2(self, a: np.ndarray, s: tuple[int, int], out: np.ndarray | None = None):
+        """(M, h, w // 2 + 1) complex64 -> (M, h, w) float32; ``a`` is destroyed."""
+        if self._pyfftw is None:
+            r = sfft.irfft2(a, s=s, axes=(-2, -1), workers=self.workers)
+            if out is None:
+                return r.astype(np.float32)
+            out[...] = r
+            return out
+        if out is None:
+            out = np.empty((a.shape[0],) + tuple(s), dtype=np.float32)
+        self._run("c", np.ascontiguousarray(a, dtype=np.complex64), out, tuple(s))
+        return out
 
 
 class SpectralBank:
@@ -244,7 +351,8 @@ class SpectralBank:
         self.max_spectra_bytes = int(max_spectra_bytes)
         self.workers = default_workers() if workers is None else int(workers)
         self._fft = _FFT(self.workers)
-        self._spectra: dict[tuple[int, int], np.ndarray] = {}
+        self._spectra: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._work: dict[tuple, dict[str, np.ndarray]] = {}
 
     @property
     def n_filters(self) -> int:
@@ -262,25 +370,61 @@ class SpectralBank:
         return plan_blocks(shape, self.side, self.n_filters, self.n_channels,
                            block=self.block, max_spectra_bytes=self.max_spectra_bytes)
 
-    def spectra(self, block: tuple[int, int]) -> np.ndarray:
-        """conj(rfft2(w)) at block shape, laid out (nfreq, F, C) complex64 (cached)."""
+    def _workspace(self, block: tuple[int, int], group: int) -> dict[str, np.ndarray]:
+        """Work buffers for one block shape and group size, kept between calls."""
+        key = (block, group)
+        work = self._work.get(key)
+        if work is None:
+            bh, bw = block
+            nf = bh * (bw // 2 + 1)
+            f_, c_ = self.n_filters, self.n_channels
+            work = {
+                "block": np.zeros((c_, bh, bw), dtype=np.float32),
+                "spec": np.zeros((c_, bh, bw // 2 + 1), dtype=np.complex64),
+                "z_re": np.zeros((group, c_, nf), dtype=np.float32),
+                "z_im": np.zeros((group, c_, nf), dtype=np.float32),
+                "prod": np.zeros((group, f_, nf), dtype=np.complex64),
+                "resp": np.zeros((1, f_, bh, bw), dtype=np.float32),
+            }
+            self._work.clear()
+            self._work[key] = work
+        return work
+
+    def release(self) -> None:
+        """Drop the cached filter spectra and work buffers (they are rebuilt on demand)."""
+        self._spectra.clear()
+        self._work.clear()
+
+    def spectra(self, block: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """conj(rfft2(w)) at block shape as real and imaginary (F, C, nfreq) float32 planes.
+
+        Cached for the last block shape only (bounded memory).
+        """
         sp = self._spectra.get(block)
         if sp is None:
             f_, c_, s, _ = self.filters.shape
-            buf = np.zeros((f_ * c_, block[0], block[1]), dtype=np.float32)
-            buf[:, :s, :s] = self.filters.reshape(f_ * c_, s, s)
-            spec = sfft.rfft2(buf, axes=(-2, -1), workers=self.workers)
-            spec = np.conj(spec, out=spec).reshape(f_, c_, -1)
-            sp = np.ascontiguousarray(spec.transpose(2, 0, 1)).astype(np.complex64)
-            self._spectra.clear()  # keep one block shape: bounded memory
-            self._spectra[block] = sp
+            nf = block[0] * (block[1] // 2 + 1)
+            re = np.empty((f_, c_, nf), dtype=np.float32)
+            im = np.empty((f_, c_, nf), dtype=np.float32)
+            buf = np.zeros((c_, block[0], block[1]), dtype=np.float32)
+            for i in range(f_):  # one filter at a time keeps the temporaries small
+                buf[:, :s, :s] = self.filters[i]
+                spec = sfft.rfft2(buf, axes=(-2, -1), workers=self.workers).reshape(c_, nf)
+                re[i] = spec.real
+                np.negative(spec.imag, out=im[i])
+            self._spectra.clear()
+            self._spectra[block] = sp = (re, im)
         return sp
 
 
-def iter_correlate(
+def iter_correlate_batches(
     features: np.ndarray, bank: SpectralBank, *, margin: int = 0
-) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield the responses block by block.
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield the responses one overlap-save block at a time.
+
+    Blocks are transformed one by one, multiplied with the filter spectra a group at a time
+    (so the cached spectra are read once per group) and transformed back one by one; the
+    work buffers are kept by ``bank`` between calls (fresh memory is slow to touch).
 
     Parameters
     ----------
@@ -292,12 +436,11 @@ def iter_correlate(
 
     Yields
     ------
-    The arrays are views into reused buffers: use (or copy) each before asking for the next.
-
-    y0, x0 : int
-        Top-left of the block's valid output in the output region.
-    responses : ndarray, shape (F, h, w), float32
-        ``R_f`` over rows ``y0 .. y0 + h`` and columns ``x0 .. x0 + w`` of the region.
+    offsets : ndarray, shape (1, 4), int64
+        ``(y0, x0, h, w)``: the block's valid output is the top-left ``h`` x ``w`` of its
+        maps and lands at rows ``y0 .. y0 + h``, columns ``x0 .. x0 + w`` of the region.
+    responses : ndarray, shape (1, F, bh, bw), float32, C-contiguous
+        A reused buffer: use it before asking for the next block.
     """
     z = _check_features(features, bank.n_channels)
     f = bank.side
@@ -306,27 +449,49 @@ def iter_correlate(
     out_h, out_w = z.shape[0] + 2 * margin, z.shape[1] + 2 * margin
     plan = bank.plan((out_h, out_w))
     (bh, bw), (vh, vw) = plan.block, plan.valid
-    spec = bank.spectra((bh, bw))
+    w_re, w_im = bank.spectra((bh, bw))
     n_f, n_c = bank.n_filters, bank.n_channels
-    nfreq = bh * (bw // 2 + 1)
-    per_block = nfreq * 8 * (n_c + 2 * n_f) + 4 * bh * bw * (n_c + n_f)
-    group = max(1, min(plan.n_blocks, _GROUP_BYTES // max(per_block, 1)))
+    bwr = bw // 2 + 1
+    nfreq = bh * bwr
+    per_block = nfreq * 8 * (n_c + n_f)
+    n_groups = math.ceil(plan.n_blocks / max(1, min(plan.n_blocks, _GROUP_BYTES // per_block)))
+    group = math.ceil(plan.n_blocks / n_groups)
+    work = bank._workspace((bh, bw), group)
+    blk, z_re, z_im, prod, resp = (work["block"], work["z_re"], work["z_im"], work["prod"],
+                                  work["resp"])
     starts = [(by * vh, bx * vw) for by in range(plan.counts[0]) for bx in range(plan.counts[1])]
+    offsets = np.empty((1, 4), dtype=np.int64)
     for g0 in range(0, len(starts), group):
         gs = starts[g0 : g0 + group]
-        blocks = np.zeros((len(gs), n_c, bh, bw), dtype=np.float32)
+        nb = len(gs)
         for i, (y0, x0) in enumerate(gs):
             piece = p[:, y0 : y0 + bh, x0 : x0 + bw]
-            blocks[i, :, : piece.shape[1], : piece.shape[2]] = piece
-        zh = bank._fft.rfft2(blocks)  # (G, C, bh, bw//2+1)
-        zt = np.ascontiguousarray(zh.reshape(len(gs), n_c, nfreq).transpose(2, 1, 0))
-        prod = np.matmul(spec, zt)  # (nfreq, F, G)
-        prod = np.ascontiguousarray(prod.transpose(2, 1, 0)).reshape(
-            len(gs), n_f, bh, bw // 2 + 1)
-        resp = bank._fft.irfft2(prod, (bh, bw))
+            ph, pw = piece.shape[1:]
+            blk[:, :ph, :pw] = piece
+            if ph < bh:
+                blk[:, ph:, :] = 0.0
+            if pw < bw:
+                blk[:, :, pw:] = 0.0
+            spec = bank._fft.rfft2(blk, out=work["spec"]).reshape(n_c, nfreq)
+            np.copyto(z_re[i], spec.real)
+            np.copyto(z_im[i], spec.imag)
+        spectral_mac_kernel(w_re, w_im, z_re[:nb], z_im[:nb], prod[:nb], _MAC_CHUNK)
         for i, (y0, x0) in enumerate(gs):
-            h = min(vh, out_h - y0)
-            w = min(vw, out_w - x0)
+            bank._fft.irfft2(prod[i].reshape(n_f, bh, bwr), (bh, bw), out=resp[0])
+            offsets[0] = (y0, x0, min(vh, out_h - y0), min(vw, out_w - x0))
+            yield offsets, resp
+
+
+def iter_correlate(
+    features: np.ndarray, bank: SpectralBank, *, margin: int = 0
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield the responses block by block: ``(y0, x0, responses (F, h, w))``.
+
+    The arrays are views into reused buffers: use (or copy) each before asking for the
+    next.  See :func:`iter_correlate_batches` for the parameters.
+    """
+    for offsets, resp in iter_correlate_batches(features, bank, margin=margin):
+        for i, (y0, x0, h, w) in enumerate(offsets.tolist()):
             yield y0, x0, resp[i, :, :h, :w]
 
 

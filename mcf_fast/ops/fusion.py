@@ -20,6 +20,10 @@ from mcf_fast.kernels.fusion import group_topk_kernel, scale_template_kernel
 __all__ = ["fuse_crops", "fuse_scales_templates", "fuse_responses", "normalise_response"]
 
 
+def _whole(h: int, w: int) -> np.ndarray:
+    return np.array([[0, 0, h, w]], dtype=np.int64)
+
+
 def _check_mode(mode: str) -> bool:
     if mode not in ("topk", "mean"):
         raise InputError(f"fusion mode = {mode!r}: expected 'topk' or 'mean'")
@@ -65,7 +69,8 @@ def fuse_crops(responses: np.ndarray, *, top_t: int = 3, mode: str = "topk") -> 
         raise InputError(f"responses: expected (M, U, H, W), got shape {r.shape}")
     m, u, h, w = r.shape
     out = np.empty((m, h, w), dtype=np.float32)
-    group_topk_kernel(r.reshape(m * u, h, w), u, t, mean, out)
+    group_topk_kernel(np.ascontiguousarray(r.reshape(1, m * u, h, w)), u, t, mean, out,
+                      _whole(h, w))
     return out
 
 
@@ -92,7 +97,8 @@ def fuse_scales_templates(
         raise InputError(f"responses: expected (N, K, H, W), got shape {r.shape}")
     n, k, h, w = r.shape
     out = np.empty((h, w), dtype=np.float32)
-    scale_template_kernel(r.reshape(n * k, h, w), n, k, t, hh, mean, out)
+    scale_template_kernel(np.ascontiguousarray(r.reshape(1, n * k, h, w)), n, k, t, hh, mean,
+                          out, _whole(h, w))
     return out
 
 

@@ -27,7 +27,7 @@ from mcf_fast.config import DetectionConfig
 from mcf_fast.errors import FormatError, InputError
 from mcf_fast.io.images import as_rgb_uint8
 from mcf_fast.kernels.fusion import group_topk_kernel, scale_template_kernel
-from mcf_fast.ops.correlation import SpectralBank, iter_correlate
+from mcf_fast.ops.correlation import SpectralBank, iter_correlate_batches
 from mcf_fast.ops.filters import (
     FilterBank,
     build_filter_bank,
@@ -215,35 +215,30 @@ class Detector:
         n_t, n_k, n_u = self._layout
         mean = cfg.fusion == "mean"
         h, w = features.shape[:2]
-        if not self._gk.any():
-            out = np.empty((h, w), dtype=np.float32)
-            tmp = None
-            for y0, x0, r in iter_correlate(features, self._engine):
-                dst = out[y0 : y0 + r.shape[1], x0 : x0 + r.shape[2]]
-                if n_u > 1:
-                    if tmp is None or tmp.shape[1:] != r.shape[1:]:
-                        tmp = np.empty((n_t * n_k,) + r.shape[1:], dtype=np.float32)
-                    group_topk_kernel(r, n_u, cfg.top_t, mean, tmp)
-                    r = tmp
-                scale_template_kernel(r, n_t, n_k, cfg.top_t, cfg.top_h, mean, dst)
+        out = np.empty((h, w), dtype=np.float32)
+        if self._folded:
+            for offsets, r in iter_correlate_batches(features, self._engine):
+                scale_template_kernel(r, n_t, n_k, cfg.top_t, cfg.top_h, mean, out, offsets)
             return out
-        # eq. (2) read literally with a non-foldable crop fusion: G_k acts on the fused crop
-        # maps, which are computed e pixels beyond the image so the result is exact
+        # general path: crop fusion first, into full-size maps (N*K of them); with eq. (2)
+        # read literally, G_k then acts on these maps, computed e pixels beyond the image
+        # so that the result is exact
         e = int(self._gk.max()) // 2
         sk = np.empty((n_t * n_k, h + 2 * e, w + 2 * e), dtype=np.float32)
-        for y0, x0, r in iter_correlate(features, self._engine, margin=e):
-            group_topk_kernel(r, n_u, cfg.top_t, mean,
-                              sk[:, y0 : y0 + r.shape[1], x0 : x0 + r.shape[2]])
-        weighted = np.empty((n_t * n_k, h, w), dtype=np.float32)
-        for n in range(n_t):
-            for k in range(n_k):
-                g = self.bank.g_weight(n, k)
-                ek = g.shape[0] // 2
-                src = sk[n * n_k + k, e - ek : e + ek + h, e - ek : e + ek + w]
-                weighted[n * n_k + k] = fftconvolve(src.astype(np.float64), g[::-1, ::-1],
-                                                    mode="valid")
-        out = np.empty((h, w), dtype=np.float32)
-        scale_template_kernel(weighted, n_t, n_k, cfg.top_t, cfg.top_h, mean, out)
+        for offsets, r in iter_correlate_batches(features, self._engine, margin=e):
+            group_topk_kernel(r, n_u, cfg.top_t, mean, sk, offsets)
+        if e:
+            weighted = np.empty((n_t * n_k, h, w), dtype=np.float32)
+            for n in range(n_t):
+                for k in range(n_k):
+                    g = self.bank.g_weight(n, k)
+                    ek = g.shape[0] // 2
+                    src = sk[n * n_k + k, e - ek : e + ek + h, e - ek : e + ek + w]
+                    weighted[n * n_k + k] = fftconvolve(src.astype(np.float64),
+                                                        g[::-1, ::-1], mode="valid")
+            sk = weighted
+        whole = np.array([[0, 0, h, w]], dtype=np.int64)
+        scale_template_kernel(sk[None], n_t, n_k, cfg.top_t, cfg.top_h, mean, out, whole)
         return out
 
     def with_templates(self, templates) -> Detector:

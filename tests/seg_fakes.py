@@ -89,7 +89,7 @@ class ColourDetector:
                              pseudo_mask=pseudo)
 
     def with_templates(self, templates: TemplateSet) -> ColourDetector:
-        return ColourDetector(templates, self.config)
+        return type(self)(templates, self.config)
 
     def save_bank(self, path) -> Path:
         np.savez(path, colours=self.colours)

@@ -252,3 +252,20 @@ def test_history_records_pseudo_fractions(scene):
     pm = ColourDetector(templates).detect(img).pseudo_mask
     assert frac["nucleus"] == pytest.approx(np.mean(pm == 1), abs=1e-5)
     assert sum(frac.values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_nucleus_is_not_added_twice(scene, monkeypatch):
+    img, _, templates = scene
+
+    class Stubborn(ColourDetector):
+        """Never learns from added templates: the planted nucleus stays missed."""
+
+        def __init__(self, ts, config=None, *, device="cpu"):
+            super().__init__(ts, config, device=device)
+            self.colours = self.colours[:2]
+
+    monkeypatch.setattr(mcf_mod, "_detector_cls", lambda: Stubborn)
+    model = MCF(CONFIG).fit([img], templates, progress=False)
+    assert len(model.history[0]["added"]) == 1
+    assert model.history[1]["added"] == [] and len(model.history) == 2
+    assert len(model.templates) == 3

@@ -357,6 +357,7 @@ class MCF:
                     detections = [detector.detect(im) for im in tqdm(
                         imgs, desc=f"round {r + 1}: detect", unit="image",
                         disable=not progress, leave=False)]
+                    entry["detect_seconds"] = round(time.perf_counter() - t0, 3)
                     entry["detected"] = int(sum(len(d.centres) for d in detections))
                     pseudo = [np.asarray(d.pseudo_mask, np.int8) for d in detections]
                     entry["pseudo_fractions"] = _pseudo_fractions(pseudo)
@@ -372,12 +373,14 @@ class MCF:
                             grow=seg.synthetic_grow, scale=seg.synthetic_scale)
                     entry["synthetic"] = synthetic is not None
                     start = net if (seg.warm_start and net is not None) else None
+                    t1 = time.perf_counter()
                     losses: list[float] = []
                     net = train_unet(imgs, targets, seg, net=start, synthetic=synthetic,
                                      progress=progress, seed=base, log=losses,
                                      desc=f"round {r + 1}: train")
                     entry["seg_loss"] = _round_summary(losses)
                     entry["seg_losses"] = losses
+                    entry["train_seconds"] = round(time.perf_counter() - t1, 3)
                     predict = {"device": seg.device, "tile": seg.tile}
                     if seg.use_self_finetune and seg.self_steps > 0:
                         probs = [predict_proba(net, im, **predict) for im in tqdm(
@@ -438,19 +441,20 @@ class MCF:
             per_image[i] = k + 1
             ranked.append((k, order, i, c))
         ranked.sort(key=lambda item: (item[0], item[1]))
-        existing = {(Path(t.image).stem, t.y, t.x) for t in templates}
+        taken = [(Path(t.image).stem, t.y, t.x, t.size) for t in templates]
         new = []
         lo, hi = min(sizes), max(sizes)
         for _, _, i, c in ranked:
             if len(new) >= seg.templates_per_round:
                 break
-            key = (names[i], c["y"], c["x"])
-            if key in existing:
+            # a nucleus that already has a template (the detector still misses it) is skipped
+            if any(n == names[i] and abs(y - c["y"]) <= s // 2 and abs(x - c["x"]) <= s // 2
+                   for n, y, x, s in taken):
                 continue
             size = int(np.clip(round(seg.residual_template_scale * c["diameter"]), lo, hi))
             crop = crop_template(imgs[i], c["y"], c["x"], size)
             new.append(Template(image=names[i], y=c["y"], x=c["x"], size=size, crop=crop))
-            existing.add(key)
+            taken.append((names[i], c["y"], c["x"], size))
         return new
 
 

@@ -12,7 +12,7 @@ once, then the centre thresholds are swept); the test split is for scoring only.
 
 Examples
 --------
-    python benchmarks/eval_detection.py --split train --sweep
+    python benchmarks/eval_detection.py --split train --sweep centres --cache /tmp/resp
     python benchmarks/eval_detection.py --split test --color-names ../shared/data/colornames/w2c.npy
     python benchmarks/eval_detection.py --split test --set pseudo_rule=paper --set g_level=both
 """
@@ -77,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--color-names", default="builtin")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="DetectionConfig override (repeatable)")
-    ap.add_argument("--sweep", action="store_true",
-                    help="sweep min_score x peak_distance (tuning: use on train only)")
+    ap.add_argument("--sweep", choices=("centres", "pseudo"), default=None,
+                    help="sweep the centre thresholds (min_score x peak_distance) or the "
+                    "gated pseudo-mask thresholds (tuning: use on train only)")
+    ap.add_argument("--cache", default=None,
+                    help="folder to keep the responses in, keyed by the filter settings")
     ap.add_argument("--limit", type=int, default=0, help="only the first N images")
     ap.add_argument("--out", default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
@@ -87,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from mcf_fast.io.datasets import FolderDataset
     from mcf_fast.io.templates import TemplateSet, select_templates
     from mcf_fast.metrics import score_arrays
-    from mcf_fast.ops.pseudo import find_centres, pseudo_mask
-    from mcf_fast.pipeline.detector import Detector
+    from mcf_fast.pipeline.detector import Detector, postprocess
 
     overrides = dict(s.split("=", 1) for s in args.set)
     cfg = DetectionConfig(color_names=args.color_names,
@@ -102,20 +104,35 @@ def main(argv: list[str] | None = None) -> int:
     names = ds.names[: args.limit] if args.limit else ds.names
     cache = []
     t0 = time.perf_counter()
+    key = None
+    if args.cache:
+        import hashlib
+
+        skip = {"min_score", "peak_distance", "t1", "pseudo_rule", "pseudo_ratio", "centre_gate",
+                "pseudo_radius", "pseudo_fg", "pseudo_bg", "use_gdbp"}
+        fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
+        blob = json.dumps([fields, [(t.image, t.y, t.x, t.size) for t in tset]], default=str)
+        key = hashlib.sha1(blob.encode()).hexdigest()[:12]
+        Path(args.cache).mkdir(parents=True, exist_ok=True)
     for name in names:
         img, gt = ds.load_image(name), ds.load_mask(name)
-        r = det.detect(img)
-        cache.append((name, img, gt, r))
-        print(f"{name}: {len(r.centres)} centres", file=sys.stderr)
+        f = Path(args.cache) / f"{key}_{name}.npz" if key else None
+        if f is not None and f.is_file():
+            with np.load(f) as z:
+                resp, dmap = z["response"], z["gdbp"]
+        else:
+            r = det.detect(img)
+            resp, dmap = r.response, r.gdbp
+            if f is not None:
+                np.savez(f, response=resp, gdbp=dmap)
+        cache.append((name, img, gt, resp, dmap))
+        print(f"{name}", file=sys.stderr)
     seconds = (time.perf_counter() - t0) / max(len(names), 1)
 
     def evaluate(c: DetectionConfig) -> dict:
         items, q = [], dict.fromkeys(("nuc", "nuc_ok", "bg", "bg_ok", "fg", "px"), 0)
-        for name, img, gt, r in cache:
-            centres, _ = find_centres(r.response, gdbp=r.gdbp if c.use_gdbp else None,
-                                      min_distance=c.peak_distance, min_score=c.min_score)
-            pm = pseudo_mask(img, r.response, centres, window=det._window,
-                             rule=c.pseudo_rule, t1=c.t1, ratio=c.pseudo_ratio)
+        for name, img, gt, resp, dmap in cache:
+            centres, _, pm = postprocess(img, resp, dmap, c, window=det._window)
             items.append((name, (pm == 1).astype(np.uint8), gt, centres))
             for k, v in pseudo_quality(pm, gt).items():
                 q[k] += v
@@ -132,13 +149,27 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.sweep:
         rows = []
-        for ms, pd in itertools.product((0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5), (3, 4, 5, 6, 8)):
-            c = dataclasses.replace(cfg, min_score=ms, peak_distance=pd)
-            row = {"min_score": ms, "peak_distance": pd, **evaluate(c)}
+        if args.sweep == "centres":
+            grid = [dict(min_score=a, peak_distance=b, centre_gate=g)
+                    for a, b, g in itertools.product((0.2, 0.3, 0.4, 0.5, 0.6), (4, 6),
+                                                     (0.0, 0.3, 0.5, 0.7))]
+        else:
+            grid = [dict(pseudo_radius=a, pseudo_fg=b, pseudo_bg=c) for a, b, c in
+                    itertools.product((0.2, 0.25, 0.3, 0.4), (0.5, 0.7, 0.9),
+                                      (0.05, 0.1, 0.2, 0.3))]
+        for params in grid:
+            c = dataclasses.replace(cfg, **params)
+            row = {**params, **evaluate(c)}
             rows.append(row)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
                               for k, v in row.items()}), file=sys.stderr)
-        best = max(rows, key=lambda r: r["F1@12"])
+        if args.sweep == "centres":
+            best = max(rows, key=lambda r: r["F1@12"])
+        else:  # the targets: precise labels on both sides, then as much nucleus as possible
+            ok = [r for r in rows if r["nucleus_label_precision"] >= 0.8
+                  and r["background_label_precision"] >= 0.95]
+            best = max(ok or rows, key=lambda r: r["nucleus_label_coverage"]
+                       + 0.5 * r["confident_share"])
         result["sweep"] = rows
         result["best"] = best
     else:

@@ -90,6 +90,9 @@ class DetectionConfig:
     #: pixels apart, with normalised response S >= min_score (ours, tuned on train)
     peak_distance: int = 5
     min_score: float = 0.3
+    #: drop centres whose colour posterior (a per-image nucleus/background colour model
+    #: learnt from the detections, see ops/pseudo.py) is below this; 0 turns it off (ours)
+    centre_gate: float = 0.0
     # --- pseudo mask ---
     #: t1: background where the normalised response is below it
     t1: float = 0.4
@@ -98,6 +101,12 @@ class DetectionConfig:
     pseudo_rule: str = "gated"
     #: the paper's 0.8 of S(centre) inside the window
     pseudo_ratio: float = 0.8
+    #: gated rule (ours): nucleus labels within radius * (middle-scale side) of a centre
+    #: where the colour posterior exceeds pseudo_fg; background where it is below
+    #: pseudo_bg, outside those discs
+    pseudo_radius: float = 0.3
+    pseudo_fg: float = 0.5
+    pseudo_bg: float = 0.1
 
     def __post_init__(self) -> None:
         c = "DetectionConfig"
@@ -125,9 +134,14 @@ class DetectionConfig:
         _positive_int(c, "max_spectra_mib", self.max_spectra_mib)
         _positive_int(c, "peak_distance", self.peak_distance)
         _unit(c, "min_score", self.min_score)
+        _unit(c, "centre_gate", self.centre_gate)
         _check(self.pseudo_rule in ("paper", "gated"), c, "pseudo_rule", self.pseudo_rule,
                "'paper' or 'gated'")
         _unit(c, "pseudo_ratio", self.pseudo_ratio)
+        _check(self.pseudo_radius > 0, c, "pseudo_radius", self.pseudo_radius,
+               "a positive number")
+        _unit(c, "pseudo_fg", self.pseudo_fg)
+        _unit(c, "pseudo_bg", self.pseudo_bg)
 
 
 @dataclass(frozen=True)

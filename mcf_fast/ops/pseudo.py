@@ -11,12 +11,14 @@ The pseudo mask labels each pixel -1 (unknown), 0 (background) or 1 (nucleus).  
 ``"gated"`` (ours, the default)
     The paper's regions are much wider than the nuclei, so a colour gate decides.  A
     two-class linear discriminant in optical density (``-log((RGB + 1) / 256)``) is fitted
-    per image: nucleus samples are the pixels at the detected centres, background samples
-    those with ``S < t1``.  Its posterior ``p`` (equal priors) then labels nucleus the
-    pixels with ``p > 0.5`` inside a disc of radius ``0.3 * window`` around a centre and
-    connected to it, and background the pixels with ``p < bg_posterior`` that are outside
-    every disc; the rest is unknown.  Being conservative on both sides is the point: the
-    U-Net learns only from confident pixels.
+    per image: nucleus samples are the pixels at (and next to) the better-scoring half of
+    the detected centres, background samples the pixels farther than ``2 r`` from every
+    centre (``r = radius * window``).  Its posterior ``p`` (equal priors) then labels
+    nucleus the pixels with ``p > fg_posterior`` within ``r`` of a centre and connected to
+    it, and background the pixels with ``p < bg_posterior`` farther than ``r`` from every
+    centre; the rest is unknown.  An undetected nucleus keeps its colour, so it is left
+    unknown rather than called background.  Being conservative on both sides is the
+    point: the U-Net learns only from confident pixels.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from scipy import ndimage as ndi
 
 from mcf_fast.errors import InputError
 
-__all__ = ["find_centres", "pseudo_mask", "nucleus_posterior"]
+__all__ = ["find_centres", "pseudo_mask", "nucleus_posterior", "colour_posterior",
+           "gate_centres"]
 
 
 def _check_map(a: np.ndarray, name: str) -> np.ndarray:
@@ -144,6 +147,56 @@ def nucleus_posterior(
     return post.reshape(image.shape[:2]).astype(np.float32)
 
 
+def _centre_distance(shape: tuple[int, int], centres: np.ndarray) -> np.ndarray:
+    marks = np.ones(shape, dtype=bool)
+    marks[centres[:, 0], centres[:, 1]] = False
+    return ndi.distance_transform_edt(marks)
+
+
+def colour_posterior(
+    image: np.ndarray,
+    centres: np.ndarray,
+    scores: np.ndarray | None,
+    *,
+    radius: float,
+    dist: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """Nucleus colour posterior learnt from one image's own detections.
+
+    Nucleus samples: the pixels at and next to the centres scoring at least their median;
+    background samples: the pixels farther than ``2 * radius`` from every centre.  See
+    :func:`nucleus_posterior`.
+
+    Returns
+    -------
+    ndarray, shape (H, W), float32, or None when either sample is too small.
+    """
+    c = np.asarray(centres, dtype=np.int64).reshape(-1, 2)
+    h, w = image.shape[:2]
+    if len(c) == 0:
+        return None
+    if dist is None:
+        dist = _centre_distance((h, w), c)
+    strong = c
+    if scores is not None and len(scores) == len(c):
+        strong = c[np.asarray(scores) >= np.median(scores)]
+    seeds = np.zeros((h, w), dtype=bool)
+    seeds[strong[:, 0], strong[:, 1]] = True
+    seeds = ndi.binary_dilation(seeds, structure=np.ones((3, 3), bool))
+    return nucleus_posterior(image, seeds, dist > 2.0 * radius)
+
+
+def gate_centres(
+    centres: np.ndarray, scores: np.ndarray, posterior: np.ndarray | None, *, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the centres whose 3 x 3 mean colour posterior is at least ``threshold``."""
+    if posterior is None or threshold <= 0 or len(centres) == 0:
+        return centres, scores
+    mean = ndi.uniform_filter(posterior, size=3, mode="nearest")
+    keep = mean[centres[:, 0], centres[:, 1]] >= threshold
+    return centres[keep], scores[keep]
+
+
 def pseudo_mask(
     image: np.ndarray,
     response: np.ndarray,
@@ -153,8 +206,11 @@ def pseudo_mask(
     rule: str = "gated",
     t1: float = 0.4,
     ratio: float = 0.8,
+    scores: np.ndarray | None = None,
+    radius: float = 0.3,
+    fg_posterior: float = 0.5,
     bg_posterior: float = 0.1,
-    radius_factor: float = 0.3,
+    posterior: np.ndarray | None = None,
 ) -> np.ndarray:
     """The pseudo mask {-1 unknown, 0 background, 1 nucleus} (module docstring).
 
@@ -169,14 +225,26 @@ def pseudo_mask(
         Side of the middle-scale filter (the paper's window).
     rule : {"gated", "paper"}
     t1, ratio : float
-        The paper's background threshold and the 0.8 of S(centre).
-    bg_posterior, radius_factor : float
-        Gated rule: background needs a nucleus posterior below ``bg_posterior``; nucleus
-        labels lie within ``radius_factor * window`` of a centre.
+        The paper's rule: background where ``S < t1``; nucleus where
+        ``S > ratio * S(centre)`` inside the window.
+    scores : ndarray, shape (M,), optional
+        Scores of the centres; the gated rule learns the nucleus colour from the centres
+        scoring at least their median (all centres when omitted).
+    radius, fg_posterior, bg_posterior : float
+        Gated rule: nucleus labels lie within ``radius * window`` of a centre where the
+        colour posterior exceeds ``fg_posterior``; background labels lie outside those
+        discs where it is below ``bg_posterior``.
+    posterior : ndarray, shape (H, W), optional
+        A colour posterior already computed by :func:`colour_posterior` for these centres.
 
     Returns
     -------
     ndarray, shape (H, W), int8
+
+    Raises
+    ------
+    InputError
+        For mismatched shapes, an unknown rule or a non-positive window.
     """
     s = _check_map(response, "response")
     c = np.asarray(centres, dtype=np.int64).reshape(-1, 2)
@@ -197,29 +265,21 @@ def pseudo_mask(
             sub[win > ratio * s[y, x]] = 1
         return out
     img = np.asarray(image)
-    if img.shape[:2] != s.shape or img.ndim != 3:
+    if img.ndim != 3 or img.shape[:2] != s.shape:
         raise InputError(f"image: shape {img.shape} does not match the response {s.shape}")
-    seeds = np.zeros((h, w), dtype=bool)
-    if len(c):
-        seeds[c[:, 0], c[:, 1]] = True
-        seeds = ndi.binary_dilation(seeds, structure=np.ones((3, 3), bool))
-    post = nucleus_posterior(img, seeds, s < t1)
+    if len(c) == 0:
+        return out
+    r = max(1.0, radius * window)
+    dist = _centre_distance((h, w), c)
+    post = posterior if posterior is not None else colour_posterior(img, c, scores, radius=r,
+                                                                    dist=dist)
     if post is None:  # nothing to learn colours from: fall back to the paper's rule
         return pseudo_mask(image, s, c, window=window, rule="paper", t1=t1, ratio=ratio)
-    radius = max(1.0, radius_factor * window)
-    disc = np.zeros((h, w), dtype=bool)
-    if len(c):
-        marks = np.ones((h, w), dtype=bool)
-        marks[c[:, 0], c[:, 1]] = False
-        dist = ndi.distance_transform_edt(marks)
-        disc = dist <= radius
-    fg = disc & (post > 0.5)
-    # keep only the gated pieces that contain a centre
+    disc = dist <= r
+    fg = disc & (post > fg_posterior)
     lab, _ = ndi.label(fg)
-    if len(c):
-        ids = np.unique(lab[c[:, 0], c[:, 1]])
-        ids = ids[ids > 0]
-        fg = np.isin(lab, ids)
+    ids = np.unique(lab[c[:, 0], c[:, 1]])
+    fg = np.isin(lab, ids[ids > 0])
     out[(post < bg_posterior) & ~disc] = 0
     out[fg] = 1
     return out

@@ -36,9 +36,9 @@ from mcf_fast.ops.filters import (
     scale_sizes,
 )
 from mcf_fast.ops.fusion import normalise_response
-from mcf_fast.ops.pseudo import find_centres, pseudo_mask
+from mcf_fast.ops.pseudo import colour_posterior, find_centres, gate_centres, pseudo_mask
 
-__all__ = ["Detection", "Detector"]
+__all__ = ["Detection", "Detector", "postprocess"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,6 +64,42 @@ class Detection:
     response: np.ndarray
     gdbp: np.ndarray
     pseudo_mask: np.ndarray
+
+
+def postprocess(
+    image: np.ndarray, response: np.ndarray, gdbp_map: np.ndarray, config: DetectionConfig,
+    *, window: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centres, their scores and the pseudo mask from S~ and D (the tail of ``detect``).
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W, 3), uint8
+    response, gdbp_map : ndarray, shape (H, W)
+        The normalised fused response S~ and the GDBP map D.
+    config : DetectionConfig
+        ``use_gdbp``, ``peak_distance``, ``min_score``, ``centre_gate`` and the pseudo-mask
+        fields are read.
+    window : int
+        Side of the middle-scale filter.
+
+    Returns
+    -------
+    centres (M, 2) int64, scores (M,) float32, pseudo mask (H, W) int8
+    """
+    cfg = config
+    centres, scores = find_centres(response, gdbp=gdbp_map if cfg.use_gdbp else None,
+                                   min_distance=cfg.peak_distance, min_score=cfg.min_score)
+    post = None
+    radius = max(1.0, cfg.pseudo_radius * window)
+    if cfg.centre_gate > 0 or cfg.pseudo_rule == "gated":
+        post = colour_posterior(image, centres, scores, radius=radius)
+    centres, scores = gate_centres(centres, scores, post, threshold=cfg.centre_gate)
+    mask = pseudo_mask(image, response, centres, window=window, rule=cfg.pseudo_rule,
+                       t1=cfg.t1, ratio=cfg.pseudo_ratio, scores=scores,
+                       radius=cfg.pseudo_radius, fg_posterior=cfg.pseudo_fg,
+                       bg_posterior=cfg.pseudo_bg, posterior=post)
+    return centres, scores, mask
 
 
 def _templates_of(templates) -> tuple:
@@ -189,11 +225,7 @@ class Detector:
         s = self.fused_response(feats)
         sn = normalise_response(s)
         d = gdbp(sn, p=cfg.gdbp_p, q=cfg.gdbp_q)
-        centres, scores = find_centres(sn, gdbp=d if cfg.use_gdbp else None,
-                                       min_distance=cfg.peak_distance,
-                                       min_score=cfg.min_score)
-        mask = pseudo_mask(rgb, sn, centres, window=self._window, rule=cfg.pseudo_rule,
-                           t1=cfg.t1, ratio=cfg.pseudo_ratio)
+        centres, scores, mask = postprocess(rgb, sn, d, cfg, window=self._window)
         return Detection(centres=centres, scores=scores, response=sn, gdbp=d,
                          pseudo_mask=mask)
 

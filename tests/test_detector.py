@@ -134,3 +134,67 @@ def test_bank_save_load_and_with_templates(detector, templates, image, tmp_path)
     fresh = Detector(more, detector.config)
     np.testing.assert_allclose(d2.bank.filters[2][1], fresh.bank.filters[2][1])
     assert _matched(d2.detect(image).centres) == len(CENTRES)
+
+
+# ---------------------------------------------------------------- centres and pseudo masks
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from scipy import ndimage as ndi  # noqa: E402
+
+from mcf_fast.ops.pseudo import find_centres, gate_centres, pseudo_mask  # noqa: E402
+from tests.naive_detect import local_maxima  # noqa: E402
+
+
+@settings(max_examples=20, deadline=None)
+@given(h=st.integers(1, 30), w=st.integers(1, 30), r=st.integers(1, 4),
+       seed=st.integers(0, 2**16))
+def test_find_centres_are_separated_local_maxima(h, w, r, seed):
+    rng = np.random.default_rng(seed)
+    d = ndi.gaussian_filter(rng.random((h, w)), 1.5).astype(np.float32)
+    s = rng.random((h, w)).astype(np.float32)
+    centres, scores = find_centres(s, gdbp=d, min_distance=r, min_score=0.3)
+    naive = set(local_maxima(d, s, min_distance=r, min_score=0.3))
+    got = [tuple(c) for c in centres.tolist()]
+    assert set(got) <= naive
+    assert np.all(scores >= 0.3) and np.all(np.diff(scores) <= 0)
+    for i in range(len(got)):
+        for j in range(i + 1, len(got)):
+            assert max(abs(got[i][0] - got[j][0]), abs(got[i][1] - got[j][1])) > r
+    # every naive maximum is kept or lies within r of a kept centre
+    for y, x in naive:
+        assert any(max(abs(y - a), abs(x - b)) <= r for a, b in got)
+
+
+def test_find_centres_constant_and_empty():
+    c, s = find_centres(np.zeros((5, 5), np.float32))
+    assert c.shape == (0, 2) and s.shape == (0,)
+    with pytest.raises(InputError, match="2-D"):
+        find_centres(np.zeros((2, 2, 2)))
+
+
+def test_paper_pseudo_rule():
+    s = np.full((20, 20), 0.2, np.float32)
+    s[8:13, 8:13] = 0.9
+    s[10, 10] = 1.0
+    m = pseudo_mask(np.zeros((20, 20, 3), np.uint8), s, np.array([[10, 10]]), window=9,
+                    rule="paper", t1=0.4, ratio=0.8)
+    assert np.all(m[8:13, 8:13] == 1)
+    assert m[0, 0] == 0 and (m == -1).sum() == 0
+
+
+def test_gated_pseudo_rule_and_gate(image):
+    cents = np.array(CENTRES)
+    s = np.zeros(image.shape[:2], np.float32)
+    m = pseudo_mask(image, s, cents, window=21, scores=np.ones(len(cents)))
+    disc = np.zeros(image.shape[:2], bool)
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    for y, x in CENTRES:
+        disc |= (yy - y) ** 2 + (xx - x) ** 2 <= 25
+    assert (m == 1).sum() > 0.7 * disc.sum()
+    assert np.mean(disc[m == 1]) > 0.9  # nucleus labels lie on the discs
+    assert not np.any(disc[m == 0])  # background labels never do
+    post = np.zeros(image.shape[:2], np.float32)
+    post[disc] = 1.0
+    extra = np.vstack([cents, [[30, 2]]])
+    kept, _ = gate_centres(extra, np.ones(len(extra), np.float32), post, threshold=0.5)
+    assert len(kept) == len(CENTRES)

@@ -68,7 +68,7 @@ class Detection:
 
 def postprocess(
     image: np.ndarray, response: np.ndarray, gdbp_map: np.ndarray, config: DetectionConfig,
-    *, window: int,
+    *, window: int, posterior: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centres, their scores and the pseudo mask from S~ and D (the tail of ``detect``).
 
@@ -82,6 +82,9 @@ def postprocess(
         fields are read.
     window : int
         Side of the middle-scale filter.
+    posterior : ndarray, shape (H, W), optional
+        A nucleus colour posterior to use instead of the one learnt from this image's own
+        detections (e.g. a slide-level colour model, so tiles agree).
 
     Returns
     -------
@@ -90,9 +93,9 @@ def postprocess(
     cfg = config
     centres, scores = find_centres(response, gdbp=gdbp_map if cfg.use_gdbp else None,
                                    min_distance=cfg.peak_distance, min_score=cfg.min_score)
-    post = None
+    post = posterior
     radius = max(1.0, cfg.pseudo_radius * window)
-    if cfg.centre_gate > 0 or cfg.pseudo_rule == "gated":
+    if post is None and (cfg.centre_gate > 0 or cfg.pseudo_rule == "gated"):
         post = colour_posterior(image, centres, scores, radius=radius)
     centres, scores = gate_centres(centres, scores, post, threshold=cfg.centre_gate)
     mask = pseudo_mask(image, response, centres, window=window, rule=cfg.pseudo_rule,

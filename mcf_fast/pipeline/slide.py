@@ -5,11 +5,12 @@ and sends one task per tile to a dask cluster: a :class:`~distributed.LocalClust
 default, or any running scheduler.  The predictor travels to the workers once, in a worker
 plugin that the scheduler also hands to workers that join (or restart) later; each task
 receives only its tile's coordinates.  A task reads its read region, predicts, applies the
-ownership rule, measures its nuclei and writes one result file (``tiles/tile_NNNNNN.npz``,
-atomically); it returns only a small summary.  As each tile finishes, the client copies
-its core labels into the Zarr store and appends a line to ``manifest.jsonl``, so memory
-does not grow with the slide and an interrupted run resumes where it stopped: tiles already
-in the manifest (with their result file) are skipped.  At the end the GeoJSON, the CSV and
+ownership rule, writes its core labels into the Zarr store (the core is exactly one chunk,
+so workers never share a chunk), measures its nuclei and writes one result file
+(``tiles/tile_NNNNNN.npz``, atomically); it returns only a small summary.  As each tile
+finishes, the client appends a line to ``manifest.jsonl``, so memory does not grow with
+the slide and an interrupted run resumes where it stopped: tiles already in the manifest
+(with their result file) are skipped.  At the end the GeoJSON, the CSV and
 the overlay are assembled from the result files, one tile at a time, in tile order.
 
 Faults: a tile that cannot be read (or whose prediction raises) is logged, listed in the
@@ -493,10 +494,20 @@ class _Job:
     reader: SlideReader
     predictor: Any  # TilePredictor or PredictorSpec
     tiles_dir: str
+    labels: str  # the Zarr label store (chunks aligned with the tile cores)
 
 
 _JOBS: dict[str, _Job] = {}
 _BUILT: dict[str, tuple[SlideReader, TilePredictor]] = {}
+_STORES: dict[str, Any] = {}
+
+
+def _label_store(key: str):
+    if key not in _STORES:
+        import zarr
+
+        _STORES[key] = zarr.open_array(_JOBS[key].labels, mode="r+")
+    return _STORES[key]
 
 
 def _materialise(key: str) -> tuple[SlideReader, TilePredictor]:
@@ -531,6 +542,7 @@ def _plugin_class():
 
             module._JOBS.pop(self.job.key, None)
             module._BUILT.pop(self.job.key, None)
+            module._STORES.pop(self.job.key, None)
 
     return SlideJobPlugin
 
@@ -560,9 +572,13 @@ def _process_tile(key: str, tile: Tile) -> dict[str, Any]:
                                slide_shape=reader.shape, read_box=tile.read)
     except Exception as exc:  # reported per tile so that the other tiles finish
         return {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    # the core is exactly one chunk of the label store: tiles never share a chunk, so
+    # workers write their own in parallel (a rerun of the tile rewrites the same chunk)
+    cy0, cx0, cy1, cx1 = tile.core
+    _label_store(key)[cy0:cy1, cx0:cx1] = tl.core
     path = Path(job.tiles_dir) / _tile_file(tile.index)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, core=tl.core, **table)
+        np.savez_compressed(f, **table)
     return {**base, "status": "ok", "file": path.name, "n": int(len(tl.ids)),
             "seconds": round(time.perf_counter() - t0, 4),
             "pixels": int((tile.core[2] - tile.core[0]) * (tile.core[3] - tile.core[1]))}
@@ -824,9 +840,10 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
 
     manifest = out_dir / MANIFEST
     done = _read_manifest(manifest, tiles_dir)
-    store = open_label_store(out_dir / LABELS, shape=reader.shape, chunk=tile,
-                             attrs={**params, "calibration": calibration,
-                                    "ids": "floor(y) * width + floor(x) + 1"})
+    # created (or reopened to resume) here; the workers write their cores into it
+    open_label_store(out_dir / LABELS, shape=reader.shape, chunk=tile,
+                     attrs={**params, "calibration": calibration,
+                            "ids": "floor(y) * width + floor(x) + 1"})
     report = SlideReport(slide=reader.name, shape=reader.shape, level=level, mpp=reader.mpp,
                          tile=tile, margin=margin, n_tiles=len(tiles), n_tissue=len(todo),
                          calibration=calibration)
@@ -845,10 +862,6 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
             if idx in done:  # a result that arrived twice is recorded once
                 return
             if summary.get("status") == "ok":
-                with np.load(tiles_dir / summary["file"]) as z:
-                    core = z["core"]
-                y0, x0, y1, x1 = by_index[idx].core
-                store[y0:y1, x0:x1] = core
                 mf.write(json.dumps(summary) + "\n")
                 mf.flush()
                 os.fsync(mf.fileno())
@@ -863,7 +876,8 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
                 on_tile(summary)
 
         key = uuid.uuid4().hex[:12]
-        job = _Job(key=key, reader=reader, predictor=predictor, tiles_dir=str(tiles_dir))
+        job = _Job(key=key, reader=reader, predictor=predictor, tiles_dir=str(tiles_dir),
+                   labels=str(out_dir / (LABELS + ".partial")))
         if workers == 0 and client is None and scheduler is None:
             report.workers = 0
             _JOBS[key] = job
@@ -873,6 +887,7 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
             finally:
                 _JOBS.pop(key, None)
                 _BUILT.pop(key, None)
+                _STORES.pop(key, None)
         elif pending:
             _run_dask(job, pending, record, workers=workers, scheduler=scheduler,
                       client=client, report=report)
@@ -890,7 +905,7 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
     def tables():
         for i in ok:
             with np.load(tiles_dir / done[i]["file"]) as z:
-                yield i, {k: z[k] for k in z.files if k != "core"}
+                yield i, {k: z[k] for k in z.files}
 
     def features():
         for i, t in tables():
@@ -898,14 +913,16 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
 
     report.n_nuclei = write_geojson(out_dir / GEOJSON, features())
     write_csv(out_dir / CSV, tables())
+    import zarr
+
+    labels_arr = zarr.open_array(str(labels_path), mode="r")
     thumb, step = reader.thumbnail(overlay_side)
     canvas = np.zeros(thumb.shape[:2], np.int64)
     s = int(step)
     for i in ok:
-        y0, x0, _, _ = by_index[i].core
+        y0, x0, y1, x1 = by_index[i].core
         fr, fc = (-y0) % s, (-x0) % s
-        with np.load(tiles_dir / done[i]["file"]) as z:
-            sub = z["core"][fr::s, fc::s]
+        sub = labels_arr[y0:y1, x0:x1][fr::s, fc::s]
         ty, tx = (y0 + fr) // s, (x0 + fc) // s
         canvas[ty:ty + sub.shape[0], tx:tx + sub.shape[1]] = sub
     overlay(thumb, canvas, path=out_dir / OVERLAY)

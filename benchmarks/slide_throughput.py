@@ -180,6 +180,7 @@ def run_once(reader, model, out: Path, workers: int, tile: int) -> dict:
     return {"workers": workers, "tiles": report.n_tissue, "of_tiles": report.n_tiles,
             "nuclei": report.n_nuclei, "megapixels": round(report.megapixels, 2),
             "seconds": round(report.seconds, 2), "wall_seconds": round(wall, 2),
+            "export_seconds": report.export_seconds,
             "mpx_per_s": round(report.megapixels_per_second, 4),
             "worker_peak_mib": round(worker_peak, 1), "client_peak_mib": round(client_peak, 1),
             "worker_cpu_seconds": round(worker_cpu, 1),

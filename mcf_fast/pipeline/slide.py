@@ -641,6 +641,7 @@ class SlideReport:
     n_nuclei: int = 0
     failed: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    export_seconds: float = 0.0
     megapixels: float = 0.0
     workers: int = 0
     calibration: dict[str, Any] = field(default_factory=dict)
@@ -911,6 +912,7 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
         for i, t in tables():
             yield from iter_features(t, tile=i)
 
+    t_export = time.perf_counter()
     report.n_nuclei = write_geojson(out_dir / GEOJSON, features())
     write_csv(out_dir / CSV, tables())
     import zarr
@@ -927,6 +929,7 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
         canvas[ty:ty + sub.shape[0], tx:tx + sub.shape[1]] = sub
     overlay(thumb, canvas, path=out_dir / OVERLAY)
     report.seconds = round(run_seconds, 3)
+    report.export_seconds = round(time.perf_counter() - t_export, 3)
     report.outputs = {"labels": str(labels_path), "geojson": str(out_dir / GEOJSON),
                       "csv": str(out_dir / CSV), "overlay": str(out_dir / OVERLAY),
                       "report": str(out_dir / REPORT), "log": str(out_dir / LOG)}

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         import hashlib
 
         skip = {"min_score", "peak_distance", "t1", "pseudo_rule", "pseudo_ratio", "centre_gate",
-                "pseudo_radius", "pseudo_fg", "pseudo_bg", "use_gdbp"}
+                "pseudo_radius", "pseudo_fg", "pseudo_bg", "pseudo_fg_free", "use_gdbp"}
         fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
         blob = json.dumps([fields, [(t.image, t.y, t.x, t.size) for t in tset]], default=str)
         key = hashlib.sha1(blob.encode()).hexdigest()[:12]
@@ -154,9 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                     for a, b, g in itertools.product((0.2, 0.3, 0.4, 0.5, 0.6), (4, 6),
                                                      (0.0, 0.3, 0.5, 0.7))]
         else:
-            grid = [dict(pseudo_radius=a, pseudo_fg=b, pseudo_bg=c) for a, b, c in
-                    itertools.product((0.2, 0.25, 0.3, 0.4), (0.5, 0.7, 0.9),
-                                      (0.05, 0.1, 0.2, 0.3))]
+            grid = [dict(pseudo_radius=a, pseudo_fg=b, pseudo_fg_free=c) for a, b, c in
+                    itertools.product((0.25, 0.35), (0.5, 0.8), (1.0, 0.95, 0.8))]
         for params in grid:
             c = dataclasses.replace(cfg, **params)
             row = {**params, **evaluate(c)}

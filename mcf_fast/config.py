@@ -107,6 +107,9 @@ class DetectionConfig:
     pseudo_radius: float = 0.3
     pseudo_fg: float = 0.5
     pseudo_bg: float = 0.1
+    #: gated rule: also label nucleus, anywhere, the pixels whose colour posterior exceeds
+    #: this (in pieces of at least 30 pixels); 1 turns it off
+    pseudo_fg_free: float = 1.0
 
     def __post_init__(self) -> None:
         c = "DetectionConfig"
@@ -142,6 +145,7 @@ class DetectionConfig:
                "a positive number")
         _unit(c, "pseudo_fg", self.pseudo_fg)
         _unit(c, "pseudo_bg", self.pseudo_bg)
+        _unit(c, "pseudo_fg_free", self.pseudo_fg_free)
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,7 @@ def pseudo_mask(
     radius: float = 0.3,
     fg_posterior: float = 0.5,
     bg_posterior: float = 0.1,
+    free_posterior: float = 1.0,
     posterior: np.ndarray | None = None,
 ) -> np.ndarray:
     """The pseudo mask {-1 unknown, 0 background, 1 nucleus} (module docstring).
@@ -234,6 +235,9 @@ def pseudo_mask(
         Gated rule: nucleus labels lie within ``radius * window`` of a centre where the
         colour posterior exceeds ``fg_posterior``; background labels lie outside those
         discs where it is below ``bg_posterior``.
+    free_posterior : float
+        Gated rule: pixels whose posterior exceeds this are nucleus anywhere, in connected
+        pieces of at least 30 pixels (1 turns this off).
     posterior : ndarray, shape (H, W), optional
         A colour posterior already computed by :func:`colour_posterior` for these centres.
 
@@ -280,6 +284,13 @@ def pseudo_mask(
     lab, _ = ndi.label(fg)
     ids = np.unique(lab[c[:, 0], c[:, 1]])
     fg = np.isin(lab, ids[ids > 0])
-    out[(post < bg_posterior) & ~disc] = 0
+    if free_posterior < 1.0:
+        free, n_free = ndi.label(post > free_posterior)
+        if n_free:
+            sizes = np.bincount(free.ravel())
+            big = sizes >= 30
+            big[0] = False
+            fg |= big[free]
+    out[(post < bg_posterior) & ~disc & ~fg] = 0
     out[fg] = 1
     return out

@@ -101,7 +101,8 @@ def postprocess(
     mask = pseudo_mask(image, response, centres, window=window, rule=cfg.pseudo_rule,
                        t1=cfg.t1, ratio=cfg.pseudo_ratio, scores=scores,
                        radius=cfg.pseudo_radius, fg_posterior=cfg.pseudo_fg,
-                       bg_posterior=cfg.pseudo_bg, posterior=post)
+                       bg_posterior=cfg.pseudo_bg, free_posterior=cfg.pseudo_fg_free,
+                       posterior=post)
     return centres, scores, mask
 
 

@@ -171,6 +171,11 @@ def test_mcf_and_supervised_end_to_end(dataset, tmp_path):
     assert len(list((tmp_path / "mcf").glob("*.csv"))) == 2  # detected centres
     rescored = score_folder(dataset / "test", tmp_path / "mcf")
     _aggregate_close(rescored["aggregate"], mcf_row["aggregate"])
+    # every fit leaves a checkpoint; resuming from it gives the same model and numbers
+    assert (tmp_path / "checkpoints" / "mcf").is_dir()
+    again = run_evaluation(dataset, out=tmp_path, n_templates=3, methods="mcf", config=TINY,
+                           progress=False, resume=True)
+    _aggregate_close(again["runs"][0]["aggregate"], mcf_row["aggregate"])
 
 
 class _FakeModel:
@@ -214,7 +219,7 @@ def test_ablation_and_sweep_plumbing(dataset, tmp_path, monkeypatch):
 
     fits = []
 
-    def fake_fit(ctx, config, templates, stain, normalizer):
+    def fake_fit(ctx, config, templates, stain, normalizer, folder):
         fits.append((config, len(templates)))
         return _FakeModel(config, templates)
 

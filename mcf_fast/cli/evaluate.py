@@ -52,10 +52,12 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--limit", default=None, type=click.IntRange(min=1),
               help="Use only the first N images of each split (a quick check; the results "
                    "say so).")
+@click.option("--resume", is_flag=True,
+              help="Continue interrupted MCF fits from their checkpoints in OUT/checkpoints.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 def evaluate(data: str, out: str, n_templates: int, seed: int, preset: str, methods: str,
              supervised: bool, ablation: bool, templates_sweep: str, stain: str, device: str,
-             limit: int | None, no_progress: bool) -> None:
+             limit: int | None, resume: bool, no_progress: bool) -> None:
     """Fit on ROOT/train (templates from its masks, images without them), score ROOT/test.
 
     Writes OUT/results.md (our numbers beside the paper's Tables 1-3, with the machine,
@@ -70,7 +72,8 @@ def evaluate(data: str, out: str, n_templates: int, seed: int, preset: str, meth
     report = run_evaluation(
         data, out=out, n_templates=n_templates, seed=seed, preset=preset, methods=methods,
         supervised=supervised, ablation=ablation, templates_sweep=templates_sweep,
-        stain=stain, device=device, limit=limit, progress=not no_progress, command=command,
+        stain=stain, device=device, limit=limit, progress=not no_progress, resume=resume,
+        command=command,
     )
     for r in report["runs"]:
         a = r["aggregate"]

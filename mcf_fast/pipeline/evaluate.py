@@ -269,6 +269,7 @@ class _Context:
     device: str
     progress: bool
     report: dict[str, Any]
+    resume: bool = False
     normalised: dict[tuple[str, str, str], np.ndarray] = dataclasses.field(default_factory=dict)
 
     def images(self, split: str, stain: str, normalizer: Any) -> list[np.ndarray]:
@@ -360,19 +361,22 @@ def _with_runtime(config: Any, device: str, seed: int) -> Any:
 
 
 def _fit_mcf(ctx: _Context, config: Any, templates: Any, stain: str,
-             normalizer: Any) -> Any:
+             normalizer: Any, folder: str) -> Any:
     from mcf_fast.pipeline.mcf import MCF
 
     # MCF normalises the images (and template crops) itself when given a normaliser, and
-    # records it in the model, so it gets the raw images here.
+    # records it in the model, so it gets the raw images here.  A checkpoint per fit lets
+    # an interrupted evaluation resume.
     return MCF(config).fit(ctx.train.images(), templates, names=ctx.train.names,
-                           stain=normalizer, progress=ctx.progress)
+                           stain=normalizer, progress=ctx.progress,
+                           checkpoint_dir=ctx.out / "checkpoints" / folder,
+                           resume=ctx.resume)
 
 
 def _run_mcf(ctx: _Context, *, config: Any, templates: Any, stain: str, normalizer: Any,
              folder: str, desc: str) -> dict[str, Any]:
     t0 = time.perf_counter()
-    model = _fit_mcf(ctx, config, templates, stain, normalizer)
+    model = _fit_mcf(ctx, config, templates, stain, normalizer, folder)
     fit_s = time.perf_counter() - t0
 
     last: list[np.ndarray] = []
@@ -502,6 +506,7 @@ def run_evaluation(
     watershed_params: Any | None = None,
     tune_crop: int | None = 512,
     progress: bool = True,
+    resume: bool = False,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Run the evaluation protocol and write ``OUT/results.{json,md}`` and predictions.
@@ -542,6 +547,9 @@ def run_evaluation(
         Side of the central crop the watershed is tuned on (None: whole images).
     progress : bool
         Show tqdm bars on stderr.
+    resume : bool
+        Continue each MCF fit from its checkpoint under ``OUT/checkpoints/`` (written
+        after every round) when one matches the same images, templates and settings.
     command : str, optional
         The command line to record (defaults to ``sys.argv``).
 
@@ -623,7 +631,7 @@ def run_evaluation(
         "_t0": t_start,
     }
     ctx = _Context(out=out_dir, train=train, test=test, config=config, device=device,
-                   progress=progress, report=report)
+                   progress=progress, report=report, resume=resume)
     ctx.save()
 
     def record(row: dict[str, Any], t0: float) -> None:

@@ -87,12 +87,14 @@ class DetectionConfig:
     max_spectra_mib: int = 512
     # --- centres ---
     #: centres are local maxima of D (or of S when use_gdbp is off) at least this many
-    #: pixels apart, with normalised response S >= min_score (ours, tuned on train)
-    peak_distance: int = 5
+    #: pixels apart, with normalised response S >= min_score (ours, tuned on the MoNuSeg
+    #: train split, see docs/evaluation.md)
+    peak_distance: int = 6
     min_score: float = 0.3
     #: drop centres whose colour posterior (a per-image nucleus/background colour model
-    #: learnt from the detections, see ops/pseudo.py) is below this; 0 turns it off (ours)
-    centre_gate: float = 0.0
+    #: learnt from the detections, see ops/pseudo.py) is below this; 0 turns it off (ours,
+    #: tuned on train)
+    centre_gate: float = 0.3
     # --- pseudo mask ---
     #: t1: background where the normalised response is below it
     t1: float = 0.4
@@ -104,12 +106,12 @@ class DetectionConfig:
     #: gated rule (ours): nucleus labels within radius * (middle-scale side) of a centre
     #: where the colour posterior exceeds pseudo_fg; background where it is below
     #: pseudo_bg, outside those discs
-    pseudo_radius: float = 0.3
-    pseudo_fg: float = 0.5
+    pseudo_radius: float = 0.35
+    pseudo_fg: float = 0.8
     pseudo_bg: float = 0.1
     #: gated rule: also label nucleus, anywhere, the pixels whose colour posterior exceeds
     #: this (in pieces of at least 30 pixels); 1 turns it off
-    pseudo_fg_free: float = 1.0
+    pseudo_fg_free: float = 0.9
 
     def __post_init__(self) -> None:
         c = "DetectionConfig"

@@ -10,13 +10,14 @@ The pseudo mask labels each pixel -1 (unknown), 0 (background) or 1 (nucleus).  
     middle-scale filter around a centre, ``S > ratio * S(centre)``; the rest unknown.
 ``"gated"`` (ours, the default)
     The paper's regions are much wider than the nuclei, so a colour gate decides.  A
-    two-class linear discriminant in optical density (``-log((RGB + 1) / 256)``) is fitted
-    per image: nucleus samples are the pixels at (and next to) the better-scoring half of
+    two-class Gaussian colour model in optical density (``-log((RGB + 1) / 256)``, a
+    quadratic discriminant) is fitted per image: nucleus samples are the pixels at (and next to) the better-scoring half of
     the detected centres, background samples the pixels farther than ``2 r`` from every
     centre (``r = radius * window``).  Its posterior ``p`` (equal priors) then labels
     nucleus the pixels with ``p > fg_posterior`` within ``r`` of a centre and connected to
     it, and background the pixels with ``p < bg_posterior`` farther than ``r`` from every
-    centre; the rest is unknown.  An undetected nucleus keeps its colour, so it is left
+    centre; pixels with ``p > free_posterior`` are nucleus anywhere (pieces of at least 30
+    pixels: nuclei the detector missed); the rest is unknown.  An undetected nucleus keeps its colour, so it is left
     unknown rather than called background.  Being conservative on both sides is the
     point: the U-Net learns only from confident pixels.
 """
@@ -114,7 +115,12 @@ def nucleus_posterior(
     nucleus: np.ndarray,
     background: np.ndarray,
 ) -> np.ndarray | None:
-    """Per-pixel nucleus posterior of a linear discriminant in optical density.
+    """Per-pixel nucleus posterior of a two-Gaussian colour model in optical density.
+
+    Each class is a full-covariance Gaussian over ``-log((RGB + 1) / 256)`` fitted to its
+    training pixels (a quadratic discriminant, equal priors).  Pixels darker in total optical
+    density than the nucleus mean keep a posterior of at least 0.5, so that a wide
+    background class cannot claim the darkest pixels.
 
     Parameters
     ----------
@@ -131,19 +137,20 @@ def nucleus_posterior(
     fb = background.reshape(-1)
     if fn.sum() < 10 or fb.sum() < 10:
         return None
-    xn, xb = od[fn].astype(np.float64), od[fb].astype(np.float64)
-    mn, mb = xn.mean(0), xb.mean(0)
-    cov = 0.5 * (np.cov(xn.T) + np.cov(xb.T)) + 1e-4 * np.eye(3)
-    d = np.linalg.solve(cov, mn - mb)
-    pn, pb = xn @ d, xb @ d
-    mu1, mu0 = pn.mean(), pb.mean()
-    v1, v0 = pn.var() + 1e-9, pb.var() + 1e-9
-    proj = (od @ d.astype(np.float32)).astype(np.float64)
-    l1 = -0.5 * (proj - mu1) ** 2 / v1 - 0.5 * np.log(v1)
-    l0 = -0.5 * (proj - mu0) ** 2 / v0 - 0.5 * np.log(v0)
-    post = 1.0 / (1.0 + np.exp(np.clip(l0 - l1, -50, 50)))
-    # beyond the nucleus mean the posterior must not fall back (wider background variance)
-    post[proj > mu1] = np.maximum(post[proj > mu1], 0.5)
+    logs = []
+    means = []
+    for mask in (fn, fb):
+        x = od[mask].astype(np.float64)
+        mu = x.mean(0)
+        cov = np.cov(x.T) + 1e-4 * np.eye(3)
+        inv = np.linalg.inv(cov).astype(np.float32)
+        d = od - mu.astype(np.float32)
+        maha = np.einsum("ij,jk,ik->i", d, inv, d)
+        logs.append(-0.5 * maha.astype(np.float64) - 0.5 * np.log(np.linalg.det(cov)))
+        means.append(mu)
+    post = 1.0 / (1.0 + np.exp(np.clip(logs[1] - logs[0], -50, 50)))
+    dark = od.sum(1) > means[0].sum()
+    post[dark] = np.maximum(post[dark], 0.5)
     return post.reshape(image.shape[:2]).astype(np.float32)
 
 

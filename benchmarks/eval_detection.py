@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         import hashlib
 
         skip = {"min_score", "peak_distance", "t1", "pseudo_rule", "pseudo_ratio", "centre_gate",
-                "pseudo_radius", "pseudo_fg", "pseudo_bg", "pseudo_fg_free", "use_gdbp"}
+                "pseudo_radius", "pseudo_fg", "pseudo_bg", "pseudo_fg_free", "pseudo_smooth",
+                "use_gdbp"}
         fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
         blob = json.dumps([fields, [(t.image, t.y, t.x, t.size) for t in tset]], default=str)
         key = hashlib.sha1(blob.encode()).hexdigest()[:12]

@@ -111,7 +111,9 @@ class DetectionConfig:
     pseudo_bg: float = 0.1
     #: gated rule: also label nucleus, anywhere, the pixels whose colour posterior exceeds
     #: this (in pieces of at least 30 pixels); 1 turns it off
-    pseudo_fg_free: float = 0.9
+    pseudo_fg_free: float = 0.8
+    #: sigma (pixels) of the Gaussian smoothing of the colour posterior; 0 turns it off
+    pseudo_smooth: float = 1.0
 
     def __post_init__(self) -> None:
         c = "DetectionConfig"
@@ -148,6 +150,8 @@ class DetectionConfig:
         _unit(c, "pseudo_fg", self.pseudo_fg)
         _unit(c, "pseudo_bg", self.pseudo_bg)
         _unit(c, "pseudo_fg_free", self.pseudo_fg_free)
+        _check(self.pseudo_smooth >= 0, c, "pseudo_smooth", self.pseudo_smooth,
+               "a non-negative number")
 
 
 @dataclass(frozen=True)

@@ -9,17 +9,18 @@ The pseudo mask labels each pixel -1 (unknown), 0 (background) or 1 (nucleus).  
     Background where ``S < t1``; nucleus where, inside a window the size of the
     middle-scale filter around a centre, ``S > ratio * S(centre)``; the rest unknown.
 ``"gated"`` (ours, the default)
-    The paper's regions are much wider than the nuclei, so a colour gate decides.  A
+    The paper's regions are much wider than the nuclei, so a colour model decides.  A
     two-class Gaussian colour model in optical density (``-log((RGB + 1) / 256)``, a
-    quadratic discriminant) is fitted per image: nucleus samples are the pixels at (and next to) the better-scoring half of
-    the detected centres, background samples the pixels farther than ``2 r`` from every
-    centre (``r = radius * window``).  Its posterior ``p`` (equal priors) then labels
-    nucleus the pixels with ``p > fg_posterior`` within ``r`` of a centre and connected to
-    it, and background the pixels with ``p < bg_posterior`` farther than ``r`` from every
-    centre; pixels with ``p > free_posterior`` are nucleus anywhere (pieces of at least 30
-    pixels: nuclei the detector missed); the rest is unknown.  An undetected nucleus keeps its colour, so it is left
-    unknown rather than called background.  Being conservative on both sides is the
-    point: the U-Net learns only from confident pixels.
+    quadratic discriminant) is fitted per image: nucleus samples are the pixels at (and
+    next to) the better-scoring half of the detected centres, background samples the
+    pixels farther than ``2 r`` from every centre (``r = radius * window``).  Its
+    posterior ``p`` (equal priors; the detector smooths it a little) then labels nucleus
+    the pixels with ``p > fg_posterior`` within ``r`` of a centre and connected to it, and
+    background the pixels with ``p < bg_posterior`` farther than ``r`` from every centre;
+    pixels with ``p > free_posterior`` are nucleus anywhere (pieces of at least 30 pixels:
+    nuclei the detector missed); the rest is unknown.  An undetected nucleus keeps its
+    colour, so it is left unknown rather than called background.  Being conservative on
+    both sides is the point: the U-Net learns only from confident pixels.
 """
 
 from __future__ import annotations

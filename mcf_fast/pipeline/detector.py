@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 from scipy.signal import fftconvolve
 
 from mcf_fast.config import DetectionConfig
@@ -97,6 +98,8 @@ def postprocess(
     radius = max(1.0, cfg.pseudo_radius * window)
     if post is None and (cfg.centre_gate > 0 or cfg.pseudo_rule == "gated"):
         post = colour_posterior(image, centres, scores, radius=radius)
+        if post is not None and cfg.pseudo_smooth > 0:
+            post = ndi.gaussian_filter(post, cfg.pseudo_smooth)
     centres, scores = gate_centres(centres, scores, post, threshold=cfg.centre_gate)
     mask = pseudo_mask(image, response, centres, window=window, rule=cfg.pseudo_rule,
                        t1=cfg.t1, ratio=cfg.pseudo_ratio, scores=scores,

@@ -11,7 +11,8 @@ import os
 
 PARALLEL: bool = os.environ.get("MCF_NUMBA_PARALLEL", "1") != "0"
 
-#: flags of serial kernels
-JIT = {"nopython": True, "cache": True, "fastmath": False, "nogil": True}
+#: flags of serial kernels (``numba.jit`` compiles in nopython mode by default; the dict
+#: carries no ``nopython`` key so it also suits ``numba.njit``)
+JIT = {"cache": True, "fastmath": False, "nogil": True}
 #: flags of kernels whose outer loop is a ``prange``
 JIT_PARALLEL = {**JIT, "parallel": PARALLEL}

@@ -240,13 +240,15 @@ def test_worker_killed_mid_run_still_gives_every_tile_once(client, slide_path, s
         if killed or summary["status"] != "ok":
             return
         busy = [a for a, keys in client.processing().items() if keys]
+        if not busy:
+            return
         pid = client.run(os.getpid, workers=busy[:1])[busy[0]]
         os.kill(pid, signal.SIGKILL)  # it was running a tile: dask must run that one again
         killed["pid"], killed["at"] = pid, len(seen)
 
     report = run_slide(slide_path, SlowPredictor(), tmp_path, tile=TILE, client=client,
                        progress=False, on_tile=kill_a_busy_worker)
-    assert "pid" in killed and killed["at"] == 1
+    assert "pid" in killed and killed["at"] <= 3
     assert sorted(seen) == tissue_tiles(slide_image)  # each tile recorded once
     assert report.complete and report.n_processed == 9, report.failed
     check_outputs(tmp_path, slide_image, report)

@@ -13,7 +13,6 @@ processed; the Zarr labels keep the processed level's grid.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -35,6 +34,10 @@ __all__ = [
     "write_geojson",
     "CSV_COLUMNS",
     "write_csv",
+    "csv_fragment",
+    "geojson_fragment",
+    "concat_csv",
+    "concat_geojson",
     "open_label_store",
     "finish_label_store",
     "overlay",
@@ -187,7 +190,7 @@ def iter_features(table: NucleusTable, *, tile: int | None = None,
     xy = table["poly_xy"]
     for j in range(len(table["id"])):
         ring = xy[offs[j]:offs[j + 1]]
-        coords = [[round(float(a), 2), round(float(b), 2)] for a, b in ring]
+        coords = np.round(ring, 2).tolist()
         if len(coords) < 4:  # degenerate: a tiny square around the centre
             x, y = float(table["x"][j]), float(table["y"][j])
             coords = [[x - .5, y - .5], [x + .5, y - .5], [x + .5, y + .5], [x - .5, y + .5],
@@ -239,6 +242,25 @@ def write_geojson(path: str | os.PathLike, features: Iterable[dict[str, Any]]) -
     return n
 
 
+def csv_fragment(tile: int, table: NucleusTable) -> str:
+    """The CSV rows (no header) of one tile's nuclei; see :data:`CSV_COLUMNS`."""
+    n = len(table["id"])
+    if n == 0:
+        return ""
+    cols: list[list[str]] = [[str(int(v)) for v in table["id"]], [str(int(tile))] * n]
+    for col in CSV_COLUMNS[2:-1]:
+        cols.append(["" if not math.isfinite(v) else f"{v:.6g}"
+                     for v in np.asarray(table[col], np.float64).tolist()])
+    cols.append(["1" if v else "0" for v in np.asarray(table["clipped"], bool).tolist()])
+    return "".join(",".join(row) + "\n" for row in zip(*cols, strict=True))
+
+
+def geojson_fragment(table: NucleusTable, *, tile: int | None = None) -> str:
+    """One tile's features as GeoJSON text, comma-separated (no brackets)."""
+    return ",\n".join(json.dumps(f, separators=(",", ":"), ensure_ascii=False)
+                       for f in iter_features(table, tile=tile))
+
+
 def write_csv(path: str | os.PathLike, tables: Iterable[tuple[int, NucleusTable]]) -> int:
     """Stream nucleus tables (``(tile index, table)`` pairs) into a CSV, atomically.
 
@@ -250,20 +272,43 @@ def write_csv(path: str | os.PathLike, tables: Iterable[tuple[int, NucleusTable]
     int
         Number of rows written.
     """
+    return concat_csv(path, (csv_fragment(tile, t) for tile, t in tables))
+
+
+def concat_csv(path: str | os.PathLike, fragments: Iterable[str]) -> int:
+    """Write the header and then CSV fragments (from :func:`csv_fragment`), atomically.
+
+    Returns
+    -------
+    int
+        Number of rows written.
+    """
     n = 0
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        wr = csv.writer(f)
-        wr.writerow(CSV_COLUMNS)
-        for tile, t in tables:
-            for j in range(len(t["id"])):
-                row: list[Any] = [int(t["id"][j]), int(tile)]
-                for col in CSV_COLUMNS[2:-1]:
-                    v = float(t[col][j])
-                    row.append("" if not math.isfinite(v) else f"{v:.6g}")
-                row.append(int(bool(t["clipped"][j])))
-                wr.writerow(row)
-                n += 1
+        f.write(",".join(CSV_COLUMNS) + "\n")
+        for frag in fragments:
+            f.write(frag)
+            n += frag.count("\n")
     return n
+
+
+def concat_geojson(path: str | os.PathLike, fragments: Iterable[str]) -> None:
+    """Write a FeatureCollection from GeoJSON fragments (:func:`geojson_fragment`), atomically.
+
+    Workers serialise their own tiles' features, so assembling a slide's file is a
+    concatenation.
+    """
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write('{"type": "FeatureCollection", "features": [\n')
+        first = True
+        for frag in fragments:
+            if not frag:
+                continue
+            if not first:
+                f.write(",\n")
+            f.write(frag)
+            first = False
+        f.write("\n]}\n")
 
 
 def open_label_store(path: str | os.PathLike, *, shape: tuple[int, int],

@@ -49,13 +49,14 @@ import numpy as np
 
 from mcf_fast.errors import ConfigError, InputError, McfError
 from mcf_fast.io.export import (
+    concat_csv,
+    concat_geojson,
+    csv_fragment,
     finish_label_store,
-    iter_features,
+    geojson_fragment,
     measure_nuclei,
     open_label_store,
     overlay,
-    write_csv,
-    write_geojson,
 )
 from mcf_fast.io.images import atomic_path
 from mcf_fast.io.slides import SlideReader, open_slide, tissue_mask
@@ -495,6 +496,7 @@ class _Job:
     predictor: Any  # TilePredictor or PredictorSpec
     tiles_dir: str
     labels: str  # the Zarr label store (chunks aligned with the tile cores)
+    overlay_step: int = 1  # slide pixels per overlay pixel
 
 
 _JOBS: dict[str, _Job] = {}
@@ -576,9 +578,17 @@ def _process_tile(key: str, tile: Tile) -> dict[str, Any]:
     # workers write their own in parallel (a rerun of the tile rewrites the same chunk)
     cy0, cx0, cy1, cx1 = tile.core
     _label_store(key)[cy0:cy1, cx0:cx1] = tl.core
+    # the outputs' share of this tile, made here so that assembling them is a concatenation
+    s = job.overlay_step
+    fr, fc = (-cy0) % s, (-cx0) % s
+    parts = {
+        "geojson": np.frombuffer(geojson_fragment(table, tile=tile.index).encode(), np.uint8),
+        "csv": np.frombuffer(csv_fragment(tile.index, table).encode(), np.uint8),
+        "overlay": np.ascontiguousarray(tl.core[fr::s, fc::s]),
+    }
     path = Path(job.tiles_dir) / _tile_file(tile.index)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, **table)
+        np.savez_compressed(f, **table, **parts)
     return {**base, "status": "ok", "file": path.name, "n": int(len(tl.ids)),
             "seconds": round(time.perf_counter() - t0, 4),
             "pixels": int((tile.core[2] - tile.core[0]) * (tile.core[3] - tile.core[1]))}
@@ -660,6 +670,12 @@ class SlideReport:
         d["complete"] = self.complete
         d["megapixels_per_second"] = round(self.megapixels_per_second, 4)
         return d
+
+
+def _remove_stale_parts(tiles_dir: Path) -> None:
+    """Delete temporary result files left by a worker killed while writing one."""
+    for p in tiles_dir.glob(".tile_*.part.npz"):
+        p.unlink(missing_ok=True)
 
 
 def _read_manifest(path: Path, tiles_dir: Path) -> dict[int, dict[str, Any]]:
@@ -840,6 +856,7 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
             predictor = predictor.calibrated(calibration)
 
     manifest = out_dir / MANIFEST
+    _remove_stale_parts(tiles_dir)
     done = _read_manifest(manifest, tiles_dir)
     # created (or reopened to resume) here; the workers write their cores into it
     open_label_store(out_dir / LABELS, shape=reader.shape, chunk=tile,
@@ -878,7 +895,8 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
 
         key = uuid.uuid4().hex[:12]
         job = _Job(key=key, reader=reader, predictor=predictor, tiles_dir=str(tiles_dir),
-                   labels=str(out_dir / (LABELS + ".partial")))
+                   labels=str(out_dir / (LABELS + ".partial")),
+                   overlay_step=max(1, math.ceil(max(reader.shape) / overlay_side)))
         if workers == 0 and client is None and scheduler is None:
             report.workers = 0
             _JOBS[key] = job
@@ -894,6 +912,7 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
                       client=client, report=report)
     bar.close()
     run_seconds = time.perf_counter() - t_run
+    _remove_stale_parts(tiles_dir)  # no task of this run is running any more
 
     # -- assemble the vector outputs from the result files, in tile order ------------------
     ok = [i for i in sorted(done)]
@@ -903,29 +922,22 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
     else:
         labels_path = out_dir / (LABELS + ".partial")
 
-    def tables():
+    def fragments(name: str):
         for i in ok:
             with np.load(tiles_dir / done[i]["file"]) as z:
-                yield i, {k: z[k] for k in z.files}
-
-    def features():
-        for i, t in tables():
-            yield from iter_features(t, tile=i)
+                yield z[name].tobytes().decode()
 
     t_export = time.perf_counter()
-    report.n_nuclei = write_geojson(out_dir / GEOJSON, features())
-    write_csv(out_dir / CSV, tables())
-    import zarr
-
-    labels_arr = zarr.open_array(str(labels_path), mode="r")
+    concat_geojson(out_dir / GEOJSON, fragments("geojson"))
+    report.n_nuclei = concat_csv(out_dir / CSV, fragments("csv"))
     thumb, step = reader.thumbnail(overlay_side)
     canvas = np.zeros(thumb.shape[:2], np.int64)
     s = int(step)
     for i in ok:
-        y0, x0, y1, x1 = by_index[i].core
-        fr, fc = (-y0) % s, (-x0) % s
-        sub = labels_arr[y0:y1, x0:x1][fr::s, fc::s]
-        ty, tx = (y0 + fr) // s, (x0 + fc) // s
+        y0, x0, _, _ = by_index[i].core
+        with np.load(tiles_dir / done[i]["file"]) as z:
+            sub = z["overlay"]
+        ty, tx = -(-y0 // s), -(-x0 // s)
         canvas[ty:ty + sub.shape[0], tx:tx + sub.shape[1]] = sub
     overlay(thumb, canvas, path=out_dir / OVERLAY)
     report.seconds = round(run_seconds, 3)

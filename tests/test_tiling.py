@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from mcf_fast.errors import InputError
 from mcf_fast.io.export import (
     CSV_COLUMNS,
+    concat_geojson,
+    geojson_fragment,
     iter_features,
     measure_nuclei,
     overlay,
@@ -330,6 +332,11 @@ def test_geojson_csv_and_overlay_writers(tmp_path):
     ring = f0["geometry"]["coordinates"][0]
     assert f0["geometry"]["type"] == "Polygon" and ring[0] == ring[-1] and len(ring) >= 4
     assert f0["id"] != doc["features"][1]["id"]
+    # the fragments workers write assemble into the same collection
+    concat_geojson(tmp_path / "f.geojson", ["", geojson_fragment(t, tile=3), ""])
+    assert json.loads((tmp_path / "f.geojson").read_text()) == doc
+    concat_geojson(tmp_path / "empty.geojson", [])
+    assert json.loads((tmp_path / "empty.geojson").read_text())["features"] == []
     rows = write_csv(tmp_path / "n.csv", [(3, t)])
     lines = (tmp_path / "n.csv").read_text().splitlines()
     assert rows == 2 and lines[0] == ",".join(CSV_COLUMNS)

@@ -204,6 +204,9 @@ class SegmentationConfig:
     tta_flips: bool = False
     #: colour augmentation of training crops: per-channel gain in 1 +- a, offset +- 64 a (ours)
     augment_colour: float = 0.0
+    #: weight of unknown pixels, counted as background, in the confidence loss (ours; 0 is
+    #: eq. (5), 1 the "CE" ablation)
+    unknown_weight: float = 0.0
 
     def __post_init__(self) -> None:
         c = "SegmentationConfig"
@@ -220,7 +223,7 @@ class SegmentationConfig:
             _unit(c, name, getattr(self, name))
         _check(self.device == "cpu" or self.device.startswith("cuda"), c, "device",
                self.device, "'cpu' or 'cuda[:N]'")
-        for name in ("synthetic_fraction", "threshold", "augment_colour"):
+        for name in ("synthetic_fraction", "threshold", "augment_colour", "unknown_weight"):
             _unit(c, name, getattr(self, name))
         _check(self.synthetic_grow >= 0, c, "synthetic_grow", self.synthetic_grow,
                "a non-negative number")

@@ -74,6 +74,17 @@ def test_loss_matches_cross_entropy():
                           atol=1e-6)
     with pytest.raises(ConfigError):
         segmentation_loss(logits, target, loss="dice")
+    # unknown pixels as down-weighted background
+    w = 0.25
+    logp = torch.log_softmax(logits.double(), dim=1)
+    known = hard >= 0
+    ce_known = -torch.where(hard == 1, logp[:, 1], logp[:, 0])[known].sum()
+    ce_unknown = -logp[:, 0][~known].sum()
+    ref_u = (ce_known + w * ce_unknown) / (known.sum() + w * (~known).sum())
+    ours_u = segmentation_loss(logits, target, loss="confidence", unknown_weight=w)
+    assert torch.allclose(ours_u.double(), ref_u, atol=1e-6)
+    ours_1 = segmentation_loss(logits, target, loss="confidence", unknown_weight=1.0)
+    assert torch.allclose(ours_1, ref_ce, atol=1e-6)
 
 
 def test_loss_all_unknown_is_zero_with_gradient():

@@ -103,7 +103,8 @@ def _as_target(t: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
     raise InputError(f"{name}: unsupported target dtype {a.dtype}")
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, loss: str) -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, loss: str,
+                      unknown_weight: float = 0.0) -> torch.Tensor:
     """Soft cross-entropy of two-class logits against a float target map (NaN = ignore).
 
     Parameters
@@ -113,6 +114,9 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, loss: str) 
         Nucleus probability per pixel; NaN marks unknown pixels.
     loss : {"confidence", "ce", "weighted"}
         See the module docstring; "ce" turns unknown pixels into background.
+    unknown_weight : float
+        With "confidence": unknown pixels count as background with this weight (0, the
+        paper's eq. (5), ignores them; 1 is the "ce" ablation).
 
     Returns
     -------
@@ -127,8 +131,11 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, loss: str) 
     t = torch.where(keep, target, torch.zeros_like(target))
     logp = F.log_softmax(logits, dim=1)
     per_pixel = -(t * logp[:, 1] + (1.0 - t) * logp[:, 0])
-    n = keep.sum()
-    return torch.where(keep, per_pixel, torch.zeros_like(per_pixel)).sum() / n.clamp(min=1)
+    weight = keep.to(per_pixel.dtype)
+    if unknown_weight > 0 and loss != "ce":
+        weight = torch.where(keep, weight, torch.full_like(weight, unknown_weight))
+    total = weight.sum()
+    return (weight * per_pixel).sum() / total.clamp(min=1)
 
 
 def self_targets(p1: np.ndarray, *, t2: float, t3: float) -> np.ndarray:
@@ -321,6 +328,7 @@ def train_unet(
     seed: int | None = None,
     log: list[float] | None = None,
     desc: str = "train U-Net",
+    unknown_weight: float | None = None,
 ) -> torch.nn.Module:
     """Train (or continue training) the U-Net on random crops of images and targets.
 
@@ -345,6 +353,10 @@ def train_unet(
         Seeds the crop sampler (and the initial weights); ``config.seed`` when None.
     log : list, optional
         Receives the loss of every step.
+    desc : str
+        Label of the progress bar.
+    unknown_weight : float, optional
+        Overrides ``config.unknown_weight`` (see :func:`segmentation_loss`).
 
     Returns
     -------
@@ -360,6 +372,7 @@ def train_unet(
     """
     steps = config.steps if steps is None else int(steps)
     loss = config.loss if loss is None else loss
+    unknown_weight = config.unknown_weight if unknown_weight is None else float(unknown_weight)
     if loss not in _LOSSES:
         raise ConfigError(f"loss = {loss!r}: expected one of {_LOSSES}")
     seed = config.seed if seed is None else int(seed)
@@ -403,7 +416,7 @@ def train_unet(
             xb = _jitter_colour(xb, config.augment_colour, rng)
         x = _to_tensor(xb).to(device)
         y = torch.from_numpy(yb).to(device)
-        value = segmentation_loss(net(x), y, loss=loss)
+        value = segmentation_loss(net(x), y, loss=loss, unknown_weight=unknown_weight)
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()

@@ -693,6 +693,12 @@ def _read_manifest(path: Path, tiles_dir: Path) -> dict[int, dict[str, Any]]:
     return done
 
 
+def _summary(calibration: dict[str, Any]) -> dict[str, Any]:
+    """The calibration for reports: long lists (colour-model pixels) as their length."""
+    return {k: (f"{len(v)} values" if isinstance(v, list) and len(v) > 8 else v)
+            for k, v in calibration.items()}
+
+
 def _describe(predictor: Any) -> str:
     return predictor.source if isinstance(predictor, PredictorSpec) else repr(predictor)
 
@@ -846,7 +852,7 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
             calibration = dict(local_pred.calibration(samples))
     if not run_file.exists():
         with atomic_path(run_file) as tmp:
-            tmp.write_text(json.dumps({**params, "calibration": calibration}, indent=1),
+            tmp.write_text(json.dumps({**params, "calibration": calibration}),
                            encoding="utf-8")
     if calibration:
         log.info("slide-level calibration %s", calibration)
@@ -860,11 +866,11 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
     done = _read_manifest(manifest, tiles_dir)
     # created (or reopened to resume) here; the workers write their cores into it
     open_label_store(out_dir / LABELS, shape=reader.shape, chunk=tile,
-                     attrs={**params, "calibration": calibration,
+                     attrs={**params, "calibration": _summary(calibration),
                             "ids": "floor(y) * width + floor(x) + 1"})
     report = SlideReport(slide=reader.name, shape=reader.shape, level=level, mpp=reader.mpp,
                          tile=tile, margin=margin, n_tiles=len(tiles), n_tissue=len(todo),
-                         calibration=calibration)
+                         calibration=_summary(calibration))
     pending = [t for t in todo if t.index not in done]
     report.n_resumed = len(todo) - len(pending)
     log.info("%s: %d tiles, %d with tissue, %d already done, %d to run", reader.name,

@@ -112,6 +112,20 @@ def test_associate_pairs_labels_with_centres():
         associate(lab, np.array([[10.0, 0.0]]))
 
 
+def test_associate_keeps_an_ordered_pairing():
+    lab = np.zeros((12, 12), np.int32)
+    lab[1:10, 1:3] = 1  # an L: its centroid lies outside it
+    lab[8:10, 1:10] = 1
+    lab[2:4, 7:9] = 2
+    cen = np.array([[7.0, 4.0], [2.5, 7.5], [11.0, 11.0]])  # centroids; the third is empty
+    out, c = associate(lab, cen, ordered=True)
+    np.testing.assert_array_equal(out[lab == 1], 1)
+    np.testing.assert_array_equal(out[lab == 2], 2)
+    assert out[11, 11] == 3 and len(c) == 3
+    loose, c2 = associate(lab, cen)  # unordered: the L's centroid is on background
+    assert len(c2) == 4 and loose[7, 4] == 1
+
+
 def test_tile_labels_owns_and_renumbers():
     tiles = tile_grid((40, 60), tile=32, margin=8)
     t = tiles[1]  # core x 32..60, read x 24..60

@@ -153,7 +153,8 @@ def id_to_yx(ids: np.ndarray, width: int) -> np.ndarray:
     return np.stack([i // width, i % width], axis=-1)
 
 
-def associate(labels: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def associate(labels: np.ndarray, centres: np.ndarray, *,
+              ordered: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Relabel an instance map so that label ``k`` is the nucleus of ``centres[k - 1]``.
 
     Predictors return instance labels and centres; this pairs them up. A centre takes the
@@ -166,6 +167,10 @@ def associate(labels: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.n
     ----------
     labels : ndarray, shape (H, W), integer
     centres : ndarray, shape (N, 2), (y, x) within the image
+    ordered : bool
+        The centres are already in label order (``centres[k - 1]`` belongs to label ``k``,
+        e.g. the centroids of the instances, which may fall outside a concave shape): keep
+        that pairing; only labels above ``N`` are treated as unclaimed.
 
     Returns
     -------
@@ -189,13 +194,20 @@ def associate(labels: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.n
     n_lab = int(lab.max()) if lab.size else 0
     lut = np.zeros(n_lab + 1, np.int64)
     out_centres = [c]
-    under = lab[ci[:, 0], ci[:, 1]] if len(ci) else np.zeros(0, np.int64)
     extra_pixels = []
-    for k, v in enumerate(under):
-        if v > 0 and lut[v] == 0:
-            lut[v] = k + 1
-        else:
-            extra_pixels.append(k)
+    if ordered:
+        k = min(n_lab, len(c))
+        lut[1:k + 1] = np.arange(1, k + 1)
+        present_ = np.zeros(max(n_lab, len(c)) + 1, bool)
+        present_[np.unique(lab)] = True
+        extra_pixels = [j for j in range(len(c)) if not present_[j + 1]]
+    else:
+        under = lab[ci[:, 0], ci[:, 1]] if len(ci) else np.zeros(0, np.int64)
+        for k, v in enumerate(under):
+            if v > 0 and lut[v] == 0:
+                lut[v] = k + 1
+            else:
+                extra_pixels.append(k)
     n = len(c)
     present = np.zeros(n_lab + 1, bool)
     present[np.unique(lab)] = True

@@ -438,7 +438,8 @@ class ModelPredictor:
 
     def predict_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pred = self.model.predict(rgb)
-        return associate(np.asarray(pred.labels), np.asarray(pred.centres, np.float64))
+        return associate(np.asarray(pred.labels), np.asarray(pred.centres, np.float64),
+                         ordered=True)
 
 
 @dataclass(frozen=True)

@@ -308,3 +308,29 @@ def test_detector_adapter_travels_to_workers(monuseg, tmp_path):
     assert len(a[1]) > 5
     np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_model_adapter_pairs_labels_and_needs_a_path_for_workers():
+    import pickle
+    from types import SimpleNamespace
+
+    from mcf_fast.errors import InputError
+    from mcf_fast.pipeline.slide import ModelPredictor
+
+    lab = np.zeros((20, 20), np.int32)
+    lab[2:6, 2:6] = 1
+    lab[10:15, 10:15] = 2
+
+    class FakeModel:
+        detector = None
+
+        def predict(self, rgb):
+            return SimpleNamespace(labels=lab, centres=np.array([[3.5, 3.5], [12.0, 12.0]]))
+
+    p = ModelPredictor(FakeModel())
+    labels, centres = p.predict_tile(np.zeros((20, 20, 3), np.uint8))
+    np.testing.assert_array_equal(labels, lab)
+    np.testing.assert_array_equal(centres, [[3.5, 3.5], [12.0, 12.0]])
+    assert p.halo > 64
+    with pytest.raises(InputError, match="bundle path"):
+        pickle.dumps(p)

@@ -167,7 +167,7 @@ def demo(out_dir: str, color_names: str | None, device: str) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tset.save(out / "templates.json")
-    det = Detector(tset, _config(color_names), device=device)
+    det = Detector(tset, _config(color_names, **DEMO_SETTINGS), device=device)
     from tqdm.auto import tqdm
 
     with tqdm(total=1, desc="demo", unit="image") as bar:

@@ -80,14 +80,15 @@ class Mosaic:
         s = self.size
         yy = (ys[:, None] - s / 2) / (0.46 * s)
         xx = (xs[None, :] - s / 2) / (0.40 * s)
-        glass = (yy ** 2 + xx ** 2) > 1
+        glass = (yy**2 + xx**2) > 1
         out[glass] = (242, 242, 242)
         out[(ys[:, None] >= s) | (xs[None, :] >= s)] = 255
         return out
 
 
-def write_slide(path: Path, mosaic: Mosaic, *, mpp: float = 0.25, tile: int = 512,
-                levels: int = 4) -> None:
+def write_slide(
+    path: Path, mosaic: Mosaic, *, mpp: float = 0.25, tile: int = 512, levels: int = 4
+) -> None:
     """A JPEG-compressed pyramidal TIFF, written tile by tile (bounded memory)."""
     import tifffile
 
@@ -99,14 +100,25 @@ def write_slide(path: Path, mosaic: Mosaic, *, mpp: float = 0.25, tile: int = 51
             for x in range(0, n, tile):
                 yield mosaic.region(y * step, x * step, tile, tile, step)
 
-    opts = dict(tile=(tile, tile), compression="jpeg", compressionargs={"level": 90},
-                photometric="rgb", dtype=np.uint8)
+    opts = dict(
+        tile=(tile, tile),
+        compression="jpeg",
+        compressionargs={"level": 90},
+        photometric="rgb",
+        dtype=np.uint8,
+    )
     with tifffile.TiffWriter(path, bigtiff=True) as tw:
-        tw.write(tiles(1), shape=(size, size, 3), subifds=levels - 1,
-                 resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER", **opts)
+        tw.write(
+            tiles(1),
+            shape=(size, size, 3),
+            subifds=levels - 1,
+            resolution=(1e4 / mpp, 1e4 / mpp),
+            resolutionunit="CENTIMETER",
+            **opts,
+        )
         for k in range(1, levels):
-            n = -(-size // 2 ** k)
-            tw.write(tiles(2 ** k), shape=(n, n, 3), subfiletype=1, **opts)
+            n = -(-size // 2**k)
+            tw.write(tiles(2**k), shape=(n, n, 3), subfiletype=1, **opts)
 
 
 class Region:
@@ -163,10 +175,16 @@ def run_once(reader, model, out: Path, workers: int, tile: int) -> dict:
     from mcf_fast.pipeline.slide import run_slide
 
     threads = str(max(1, (os.cpu_count() or 1) // workers))
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None,
-                      env={"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}) as cl, \
-            Client(cl) as client:
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            env={"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads},
+        ) as cl,
+        Client(cl) as client,
+    ):
         _reset_peak()
         cpu0 = sum(client.run(_cpu_seconds).values())
         load0 = os.getloadavg()[0]
@@ -177,26 +195,41 @@ def run_once(reader, model, out: Path, workers: int, tile: int) -> dict:
         worker_peak = max(client.run(_peak_mib).values())
         client_peak = _peak_mib()
         load1 = os.getloadavg()[0]
-    return {"workers": workers, "tiles": report.n_tissue, "of_tiles": report.n_tiles,
-            "nuclei": report.n_nuclei, "megapixels": round(report.megapixels, 2),
-            "seconds": round(report.seconds, 2), "wall_seconds": round(wall, 2),
-            "export_seconds": report.export_seconds,
-            "mpx_per_s": round(report.megapixels_per_second, 4),
-            "worker_peak_mib": round(worker_peak, 1), "client_peak_mib": round(client_peak, 1),
-            "worker_cpu_seconds": round(worker_cpu, 1),
-            "mpx_per_cpu_s": round(report.megapixels / worker_cpu, 4) if worker_cpu else 0.0,
-            "load_average": [round(load0, 2), round(load1, 2)],
-            "failed": len(report.failed)}
+    return {
+        "workers": workers,
+        "tiles": report.n_tissue,
+        "of_tiles": report.n_tiles,
+        "nuclei": report.n_nuclei,
+        "megapixels": round(report.megapixels, 2),
+        "seconds": round(report.seconds, 2),
+        "wall_seconds": round(wall, 2),
+        "export_seconds": report.export_seconds,
+        "mpx_per_s": round(report.megapixels_per_second, 4),
+        "worker_peak_mib": round(worker_peak, 1),
+        "client_peak_mib": round(client_peak, 1),
+        "worker_cpu_seconds": round(worker_cpu, 1),
+        "mpx_per_cpu_s": round(report.megapixels / worker_cpu, 4) if worker_cpu else 0.0,
+        "load_average": [round(load0, 2), round(load1, 2)],
+        "failed": len(report.failed),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=20000, help="slide side in pixels")
-    ap.add_argument("--region", type=int, default=0,
-                    help="process only a centred square of this side (0: the whole slide)")
+    ap.add_argument(
+        "--region",
+        type=int,
+        default=0,
+        help="process only a centred square of this side (0: the whole slide)",
+    )
     ap.add_argument("--model", default="blob")
-    ap.add_argument("--templates", type=int, default=0,
-                    help="build an N-template set from MoNuSeg train and use it")
+    ap.add_argument(
+        "--templates",
+        type=int,
+        default=0,
+        help="build an N-template set from MoNuSeg train and use it",
+    )
     ap.add_argument("--tile", type=int, default=1024)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -216,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         write_slide(slide_path, Mosaic(args.size, images))
         t_write = time.perf_counter() - t0
         del images
-        print(f"wrote {slide_path} ({slide_path.stat().st_size / 2**20:.0f} MiB) in "
-              f"{t_write:.1f} s", file=sys.stderr)
+        print(
+            f"wrote {slide_path} ({slide_path.stat().st_size / 2**20:.0f} MiB) in {t_write:.1f} s",
+            file=sys.stderr,
+        )
         model = args.model
         if args.templates:
             from mcf_fast.io.templates import select_templates
@@ -240,21 +275,27 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs",
-            "command": "python benchmarks/slide_throughput.py " + " ".join(
-                argv if argv is not None else sys.argv[1:]),
-            "slide": f"{args.size}x{args.size}", "region": args.region or args.size,
+            "command": "python benchmarks/slide_throughput.py "
+            + " ".join(argv if argv is not None else sys.argv[1:]),
+            "slide": f"{args.size}x{args.size}",
+            "region": args.region or args.size,
             "model": args.model if not args.templates else f"{args.templates} templates",
-            "tile": args.tile, "write_seconds": round(t_write, 1),
+            "tile": args.tile,
+            "write_seconds": round(t_write, 1),
             "runs": rows,
         }
-        print("| workers | tissue tiles | Mpx | seconds | Mpx/s | efficiency | Mpx per worker "
-              "CPU-s | worker peak MiB | client peak MiB | load avg |")
+        print(
+            "| workers | tissue tiles | Mpx | seconds | Mpx/s | efficiency | Mpx per worker "
+            "CPU-s | worker peak MiB | client peak MiB | load avg |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['workers']} | {r['tiles']} / {r['of_tiles']} | {r['megapixels']} | "
-                  f"{r['seconds']} | {r['mpx_per_s']} | {r['efficiency']} | "
-                  f"{r['mpx_per_cpu_s']} | {r['worker_peak_mib']} | {r['client_peak_mib']} | "
-                  f"{r['load_average'][0]}-{r['load_average'][1]} |")
+            print(
+                f"| {r['workers']} | {r['tiles']} / {r['of_tiles']} | {r['megapixels']} | "
+                f"{r['seconds']} | {r['mpx_per_s']} | {r['efficiency']} | "
+                f"{r['mpx_per_cpu_s']} | {r['worker_peak_mib']} | {r['client_peak_mib']} | "
+                f"{r['load_average'][0]}-{r['load_average'][1]} |"
+            )
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=1))
         return 0

@@ -31,8 +31,13 @@ def client():
 
     # the slow predictor below lives in this test module, which workers cannot import
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None, env={"NUMBA_NUM_THREADS": "1"})
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        env={"NUMBA_NUM_THREADS": "1"},
+    )
     c = Client(cluster)
     yield c
     c.close()
@@ -56,8 +61,11 @@ def slide_path(tmp_path_factory, slide_image):
 
 
 def tissue_tiles(img):
-    return [t.index for t in tile_grid(img.shape[:2], tile=TILE, margin=0)
-            if t.core[0] >= 256 and t.core[1] >= 256 and t.core[3] <= 1024]
+    return [
+        t.index
+        for t in tile_grid(img.shape[:2], tile=TILE, margin=0)
+        if t.core[0] >= 256 and t.core[1] >= 256 and t.core[3] <= 1024
+    ]
 
 
 def reference(img, out_dir):
@@ -68,7 +76,7 @@ def reference(img, out_dir):
     keep = np.zeros(img.shape[:2], bool)
     for t in tile_grid(img.shape[:2], tile=TILE, margin=0):
         if t.index in tissue_tiles(img):
-            keep[t.core[0]:t.core[2], t.core[1]:t.core[3]] = True
+            keep[t.core[0] : t.core[2], t.core[1] : t.core[3]] = True
     labels[~keep] = 0
     yx = np.stack([(ids - 1) // img.shape[1], (ids - 1) % img.shape[1]], 1)
     return labels, ids[keep[yx[:, 0], yx[:, 1]]]
@@ -99,7 +107,8 @@ def check_outputs(out_dir, img, report):
     x, y = f["properties"]["measurements"]["Centre x"], f["properties"]["measurements"]["Centre y"]
     assert 256 <= x <= 1024 and 256 <= y <= 1024
     assert f["properties"]["measurements"]["Area um^2"] == pytest.approx(
-        f["properties"]["measurements"]["Area px"] * 0.25, rel=1e-3)
+        f["properties"]["measurements"]["Area px"] * 0.25, rel=1e-3
+    )
     assert manifest_counts(out_dir) == {i: 1 for i in tissue_tiles(img)}
     leftovers = [p for p in out_dir.rglob("*") if ".part" in p.name]
     assert leftovers == []
@@ -131,8 +140,15 @@ def test_run_on_a_pyramidal_tiff(client, slide_path, slide_image, tmp_path):
     seen = []
     loads = tmp_path / "loads.txt"
     out = tmp_path / "out"
-    report = run_slide(slide_path, CountingPredictor(loads), out, tile=TILE, client=client,
-                       progress=False, on_tile=seen.append)
+    report = run_slide(
+        slide_path,
+        CountingPredictor(loads),
+        out,
+        tile=TILE,
+        client=client,
+        progress=False,
+        on_tile=seen.append,
+    )
     # the model reached each worker once, not once per tile
     pids = loads.read_text().split()
     assert 1 <= len(pids) <= 2 and len(set(pids)) == len(pids)
@@ -148,8 +164,9 @@ def test_run_on_a_pyramidal_tiff(client, slide_path, slide_image, tmp_path):
     assert saved["complete"] and saved["n_nuclei"] == report.n_nuclei
 
 
-def test_interrupted_run_resumes_and_skips_finished_tiles(client, slide_path, slide_image,
-                                                         tmp_path):
+def test_interrupted_run_resumes_and_skips_finished_tiles(
+    client, slide_path, slide_image, tmp_path
+):
     class Interrupt(Exception):
         pass
 
@@ -161,21 +178,27 @@ def test_interrupted_run_resumes_and_skips_finished_tiles(client, slide_path, sl
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        run_slide(slide_path, BlobPredictor(), tmp_path, tile=TILE, workers=0,
-                  progress=False, on_tile=stop_after_three)
+        run_slide(
+            slide_path,
+            BlobPredictor(),
+            tmp_path,
+            tile=TILE,
+            workers=0,
+            progress=False,
+            on_tile=stop_after_three,
+        )
     assert not (tmp_path / "nuclei.geojson").exists()  # nothing half-made
     assert len(manifest_counts(tmp_path)) == 3
-    report = run_slide(slide_path, BlobPredictor(), tmp_path, tile=TILE, client=client,
-                       progress=False)
+    report = run_slide(
+        slide_path, BlobPredictor(), tmp_path, tile=TILE, client=client, progress=False
+    )
     assert report.n_resumed == 3 and report.n_processed == 6 and report.complete
     check_outputs(tmp_path, slide_image, report)
-    again = run_slide(slide_path, BlobPredictor(), tmp_path, tile=TILE, workers=0,
-                      progress=False)
+    again = run_slide(slide_path, BlobPredictor(), tmp_path, tile=TILE, workers=0, progress=False)
     assert again.n_resumed == 9 and again.n_processed == 0 and again.n_nuclei == report.n_nuclei
     check_outputs(tmp_path, slide_image, again)
     with pytest.raises(ConfigError, match="other parameters"):
-        run_slide(slide_path, BlobPredictor(), tmp_path, tile=2 * TILE, workers=0,
-                  progress=False)
+        run_slide(slide_path, BlobPredictor(), tmp_path, tile=2 * TILE, workers=0, progress=False)
 
 
 def test_unreadable_tile_is_logged_and_reported(client, slide_image, tmp_path):
@@ -203,8 +226,21 @@ def test_unreadable_tile_is_logged_and_reported(client, slide_image, tmp_path):
     assert set(manifest_counts(out)) == set(tissue_tiles(slide_image)) - {12}
     assert (out / "labels.zarr.partial").exists() and not (out / "labels.zarr").exists()
     # the command line reports it and exits with status 1 (re-running retries tile 12)
-    code = main(["slide", str(path), "--model", "blob", "--out", str(out), "--tile",
-                 str(TILE), "--workers", "0", "--quiet"])
+    code = main(
+        [
+            "slide",
+            str(path),
+            "--model",
+            "blob",
+            "--out",
+            str(out),
+            "--tile",
+            str(TILE),
+            "--workers",
+            "0",
+            "--quiet",
+        ]
+    )
     assert code == 1
 
 
@@ -230,8 +266,9 @@ class SlowPredictor:
         return self.inner.predict_tile(rgb)
 
 
-def test_worker_killed_mid_run_still_gives_every_tile_once(client, slide_path, slide_image,
-                                                           tmp_path):
+def test_worker_killed_mid_run_still_gives_every_tile_once(
+    client, slide_path, slide_image, tmp_path
+):
     killed: dict[str, int] = {}
     seen = []
 
@@ -246,8 +283,15 @@ def test_worker_killed_mid_run_still_gives_every_tile_once(client, slide_path, s
         os.kill(pid, signal.SIGKILL)  # it was running a tile: dask must run that one again
         killed["pid"], killed["at"] = pid, len(seen)
 
-    report = run_slide(slide_path, SlowPredictor(), tmp_path, tile=TILE, client=client,
-                       progress=False, on_tile=kill_a_busy_worker)
+    report = run_slide(
+        slide_path,
+        SlowPredictor(),
+        tmp_path,
+        tile=TILE,
+        client=client,
+        progress=False,
+        on_tile=kill_a_busy_worker,
+    )
     assert "pid" in killed and killed["at"] <= 3
     assert sorted(seen) == tissue_tiles(slide_image)  # each tile recorded once
     assert report.complete and report.n_processed == 9, report.failed
@@ -258,8 +302,23 @@ def test_worker_killed_mid_run_still_gives_every_tile_once(client, slide_path, s
 
 def test_cli_slide_writes_every_output(slide_path, tmp_path):
     out = tmp_path / "cli"
-    code = main(["slide", str(slide_path), "--model", "blob", "--out", str(out), "--tile",
-                 str(TILE), "--workers", "0", "--quiet", "--level", "1"])
+    code = main(
+        [
+            "slide",
+            str(slide_path),
+            "--model",
+            "blob",
+            "--out",
+            str(out),
+            "--tile",
+            str(TILE),
+            "--workers",
+            "0",
+            "--quiet",
+            "--level",
+            "1",
+        ]
+    )
     assert code == 0
     for name in ("labels.zarr", "nuclei.geojson", "nuclei.csv", "overlay.png", "report.json"):
         assert (out / name).exists(), name
@@ -269,8 +328,22 @@ def test_cli_slide_writes_every_output(slide_path, tmp_path):
     doc = json.loads((out / "nuclei.geojson").read_text())
     xs = [p[0] for f in doc["features"] for p in f["geometry"]["coordinates"][0]]
     assert min(xs) >= 200 and max(xs) <= 1100
-    assert main(["slide", str(slide_path), "--model", str(tmp_path / "nope.bundle"), "--out",
-                 str(tmp_path / "x"), "--workers", "0", "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "slide",
+                str(slide_path),
+                "--model",
+                str(tmp_path / "nope.bundle"),
+                "--out",
+                str(tmp_path / "x"),
+                "--workers",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 1
+    )
 
 
 def test_load_predictor_picks_the_adapter(tmp_path):

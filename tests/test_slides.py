@@ -18,16 +18,18 @@ from mcf_fast.io.slides import (
 )
 
 
-def write_pyramid(path, img: np.ndarray, *, mpp: float | None = 0.25, tile: int = 128,
-                  levels: int = 3) -> None:
+def write_pyramid(
+    path, img: np.ndarray, *, mpp: float | None = 0.25, tile: int = 128, levels: int = 3
+) -> None:
     """A pyramidal tiled TIFF whose level k is ``img[::2**k, ::2**k]``."""
     opts = dict(tile=(tile, tile), compression="zlib", photometric="rgb")
-    res = {} if mpp is None else dict(resolution=(1e4 / mpp, 1e4 / mpp),
-                                      resolutionunit="CENTIMETER")
+    res = (
+        {} if mpp is None else dict(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+    )
     with tifffile.TiffWriter(path, bigtiff=True) as tw:
         tw.write(img, subifds=levels - 1, **res, **opts)
         for k in range(1, levels):
-            tw.write(img[::2 ** k, ::2 ** k], subfiletype=1, **opts)
+            tw.write(img[:: 2**k, :: 2**k], subfiletype=1, **opts)
 
 
 @pytest.fixture
@@ -112,8 +114,9 @@ def test_plain_images_and_zarr(tmp_path, image):
 
     import zarr
 
-    z = zarr.create_array(str(tmp_path / "a.zarr"), shape=image.shape, chunks=(64, 64, 3),
-                          dtype="uint8")
+    z = zarr.create_array(
+        str(tmp_path / "a.zarr"), shape=image.shape, chunks=(64, 64, 3), dtype="uint8"
+    )
     z[:] = image
     rz = open_slide(tmp_path / "a.zarr")
     np.testing.assert_array_equal(rz.read_region(100, 200, 50, 60), image[100:150, 200:260])

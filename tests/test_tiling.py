@@ -51,8 +51,12 @@ def synthetic_tissue(shape: tuple[int, int], *, n: int, seed: int = 0) -> np.nda
 
 # ------------------------------------------------------------------------- the grid
 @settings(max_examples=60, deadline=None)
-@given(H=st.integers(1, 300), W=st.integers(1, 300), tile=st.integers(16, 128),
-       margin=st.integers(0, 70))
+@given(
+    H=st.integers(1, 300),
+    W=st.integers(1, 300),
+    tile=st.integers(16, 128),
+    margin=st.integers(0, 70),
+)
 def test_cores_partition_and_reads_contain_cores(H, W, tile, margin):
     tiles = tile_grid((H, W), tile=tile, margin=margin)
     cover = np.zeros((H, W), np.int32)
@@ -68,8 +72,7 @@ def test_cores_partition_and_reads_contain_cores(H, W, tile, margin):
 
 
 @settings(max_examples=40, deadline=None)
-@given(data=st.data(), H=st.integers(16, 200), W=st.integers(16, 200),
-       tile=st.integers(16, 64))
+@given(data=st.data(), H=st.integers(16, 200), W=st.integers(16, 200), tile=st.integers(16, 64))
 def test_every_centre_has_exactly_one_owner(data, H, W, tile):
     n = data.draw(st.integers(0, 30))
     ys = data.draw(st.lists(st.floats(0, H, exclude_max=True), min_size=n, max_size=n))
@@ -152,7 +155,7 @@ def _nearest_reference(fg, markers, radius):
     out = np.zeros(markers.shape, np.int64)
     dmin = np.full(markers.shape, np.inf)
     for y, x in pts:
-        yy, xx = np.mgrid[0:markers.shape[0], 0:markers.shape[1]]
+        yy, xx = np.mgrid[0 : markers.shape[0], 0 : markers.shape[1]]
         d = np.hypot(yy - y, xx - x)
         better = d < dmin
         dmin[better] = d[better]
@@ -161,8 +164,7 @@ def _nearest_reference(fg, markers, radius):
 
 
 @settings(max_examples=40, deadline=None)
-@given(data=st.data(), H=st.integers(1, 40), W=st.integers(1, 40),
-       radius=st.floats(0.5, 12))
+@given(data=st.data(), H=st.integers(1, 40), W=st.integers(1, 40), radius=st.floats(0.5, 12))
 def test_nearest_centre_labels_matches_brute_force(data, H, W, radius):
     fg = np.asarray(data.draw(st.lists(st.booleans(), min_size=H * W, max_size=H * W)))
     fg = fg.reshape(H, W)
@@ -242,7 +244,7 @@ def _point_templates(monuseg, n=3):
     name = sorted((monuseg / "train" / "images").glob("*.png"))[0]
     img = read_image(name)
     lab = read_labels(monuseg / "train" / "masks" / f"{name.stem}.png")
-    big = np.argsort(np.bincount(lab.ravel()))[::-1][1:1 + 13 * n:13]
+    big = np.argsort(np.bincount(lab.ravel()))[::-1][1 : 1 + 13 * n : 13]
     pts = np.asarray(ndi.center_of_mass(lab > 0, lab, big))
     return TemplateSet.from_points(img, pts, size=32, image_name=name.stem)
 
@@ -253,8 +255,7 @@ def _mosaic(monuseg, side):
     names = sorted((monuseg / "train" / "images").glob("*.png"))[1:5]
     ims = [read_image(p)[:1000, :1000] for p in names]
     m = np.concatenate([np.concatenate(ims[:2], 1), np.concatenate(ims[2:], 1)], 0)
-    return np.ascontiguousarray(np.pad(m, ((0, 48), (0, 48), (0, 0)), mode="reflect")
-                                [:side, :side])
+    return np.ascontiguousarray(np.pad(m, ((0, 48), (0, 48), (0, 0)), mode="reflect")[:side, :side])
 
 
 def _check_detector_tiling(monuseg, side, tile):
@@ -308,24 +309,37 @@ def test_measure_nuclei_outlines_and_measurements():
     lab[20:30, 30:34] = 2  # touches the bottom edge of the read box
     rgb = np.zeros((30, 40, 3), np.uint8)
     rgb[lab == 1] = (10, 20, 30)
-    t = measure_nuclei(lab, rgb, ids=np.array([11, 22]), centres=np.array([[107, 207], [125, 231]]),
-                       origin=(100, 200), downsample=2.0, mpp=0.5, slide_shape=(1000, 1000),
-                       read_box=(100, 200, 130, 240))
+    t = measure_nuclei(
+        lab,
+        rgb,
+        ids=np.array([11, 22]),
+        centres=np.array([[107, 207], [125, 231]]),
+        origin=(100, 200),
+        downsample=2.0,
+        mpp=0.5,
+        slide_shape=(1000, 1000),
+        read_box=(100, 200, 130, 240),
+    )
     np.testing.assert_array_equal(t["area_px"], [25, 40])
     np.testing.assert_allclose(t["area_um2"], [25 * 0.25, 40 * 0.25])
     np.testing.assert_array_equal(t["clipped"], [False, True])
     np.testing.assert_allclose(t["y"], [(107 + 0.5) * 2, (125 + 0.5) * 2])
     np.testing.assert_allclose(t["centroid_x"][0], (207 + 0.5) * 2)
     assert t["mean_r"][0] == 10 and t["mean_b"][0] == 30
-    ring = t["poly_xy"][t["poly_offsets"][0]:t["poly_offsets"][1]]
+    ring = t["poly_xy"][t["poly_offsets"][0] : t["poly_offsets"][1]]
     assert np.array_equal(ring[0], ring[-1])
     x, y = ring[:, 0] / 2, ring[:, 1] / 2  # back to level pixels
     area = 0.5 * abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
     assert area == pytest.approx(25 - 4 * 0.125)  # half-pixel contour cuts the corners
     assert x.min() == pytest.approx(205) and x.max() == pytest.approx(210)
     assert len(ring) == 9  # collinear vertices are gone
-    empty = measure_nuclei(np.zeros((4, 4), np.int32), np.zeros((4, 4, 3), np.uint8),
-                           ids=np.zeros(0, np.int64), centres=np.zeros((0, 2)), origin=(0, 0))
+    empty = measure_nuclei(
+        np.zeros((4, 4), np.int32),
+        np.zeros((4, 4, 3), np.uint8),
+        ids=np.zeros(0, np.int64),
+        centres=np.zeros((0, 2)),
+        origin=(0, 0),
+    )
     assert len(empty["id"]) == 0 and empty["poly_offsets"].tolist() == [0]
 
 
@@ -333,8 +347,13 @@ def test_geojson_csv_and_overlay_writers(tmp_path):
     lab = np.zeros((20, 20), np.int32)
     lab[2:8, 2:8] = 1
     lab[12:15, 12:15] = 2
-    t = measure_nuclei(lab, np.full((20, 20, 3), 100, np.uint8), ids=np.array([43, 255]),
-                       centres=np.array([[4, 4], [13, 13]]), origin=(0, 0))
+    t = measure_nuclei(
+        lab,
+        np.full((20, 20, 3), 100, np.uint8),
+        ids=np.array([43, 255]),
+        centres=np.array([[4, 4], [13, 13]]),
+        origin=(0, 0),
+    )
     n = write_geojson(tmp_path / "n.geojson", iter_features(t, tile=3))
     doc = json.loads((tmp_path / "n.geojson").read_text())
     assert n == 2 and doc["type"] == "FeatureCollection" and len(doc["features"]) == 2

@@ -11,35 +11,86 @@ from mcf_fast.errors import McfError
 
 @click.command("slide")
 @click.argument("slide_path", metavar="SLIDE", type=click.Path(exists=True))
-@click.option("--model", "model", required=True, metavar="MODEL_OR_TEMPLATES",
-              help="A model bundle from `mcf fit`, a template-set .json (the detector "
-                   "alone), or `blob` (a classical stand-in to test a setup).")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
-              help="Output folder; re-running into it resumes and skips finished tiles.")
-@click.option("--tile", default=1024, show_default=True, type=click.IntRange(min=16),
-              help="Tile core side in pixels (also the Zarr chunk side).")
-@click.option("--margin", default=None, type=click.IntRange(min=0),
-              help="Halo in pixels around each tile [default: the model's reach plus the "
-                   "largest nucleus].")
-@click.option("--workers", default=None, type=click.IntRange(min=0),
-              help="Worker processes of the local dask cluster [default: one per CPU]; "
-                   "0 runs in this process without dask.")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="Use a running dask scheduler (e.g. tcp://host:8786) instead of a local "
-                   "cluster; the model path must be readable by its workers.")
-@click.option("--mpp", default=None, type=click.FloatRange(min=0, min_open=True),
-              help="Microns per pixel at level 0, overriding the slide's metadata.")
-@click.option("--level", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Pyramid level to process.")
-@click.option("--all-tiles", is_flag=True,
-              help="Process every tile, not only those the tissue mask keeps.")
-@click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "tiffslide", "openslide"]),
-              help="Whole-slide reader.")
+@click.option(
+    "--model",
+    "model",
+    required=True,
+    metavar="MODEL_OR_TEMPLATES",
+    help="A model bundle from `mcf fit`, a template-set .json (the detector "
+    "alone), or `blob` (a classical stand-in to test a setup).",
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output folder; re-running into it resumes and skips finished tiles.",
+)
+@click.option(
+    "--tile",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(min=16),
+    help="Tile core side in pixels (also the Zarr chunk side).",
+)
+@click.option(
+    "--margin",
+    default=None,
+    type=click.IntRange(min=0),
+    help="Halo in pixels around each tile [default: the model's reach plus the largest nucleus].",
+)
+@click.option(
+    "--workers",
+    default=None,
+    type=click.IntRange(min=0),
+    help="Worker processes of the local dask cluster [default: one per CPU]; "
+    "0 runs in this process without dask.",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Use a running dask scheduler (e.g. tcp://host:8786) instead of a local "
+    "cluster; the model path must be readable by its workers.",
+)
+@click.option(
+    "--mpp",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Microns per pixel at level 0, overriding the slide's metadata.",
+)
+@click.option(
+    "--level",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Pyramid level to process.",
+)
+@click.option(
+    "--all-tiles", is_flag=True, help="Process every tile, not only those the tissue mask keeps."
+)
+@click.option(
+    "--backend",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "tiffslide", "openslide"]),
+    help="Whole-slide reader.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def slide(slide_path: str, model: str, out: str, tile: int, margin: int | None,
-          workers: int | None, scheduler: str | None, mpp: float | None, level: int,
-          all_tiles: bool, backend: str, quiet: bool) -> None:
+def slide(
+    slide_path: str,
+    model: str,
+    out: str,
+    tile: int,
+    margin: int | None,
+    workers: int | None,
+    scheduler: str | None,
+    mpp: float | None,
+    level: int,
+    all_tiles: bool,
+    backend: str,
+    quiet: bool,
+) -> None:
     """Find and outline the nuclei of a whole SLIDE, tile by tile, on dask.
 
     Writes to OUT: labels.zarr (instance labels, chunked), nuclei.geojson (QuPath
@@ -53,16 +104,29 @@ def slide(slide_path: str, model: str, out: str, tile: int, margin: int | None,
 
     reader = open_slide(slide_path, level=level, mpp=mpp, backend=backend)
     source = model if model == "blob" else str(Path(model).resolve())
-    report = run_slide(reader, PredictorSpec(source), out, tile=tile, margin=margin,
-                       level=level, workers=workers, scheduler=scheduler,
-                       skip_background=not all_tiles, progress=not quiet)
+    report = run_slide(
+        reader,
+        PredictorSpec(source),
+        out,
+        tile=tile,
+        margin=margin,
+        level=level,
+        workers=workers,
+        scheduler=scheduler,
+        skip_background=not all_tiles,
+        progress=not quiet,
+    )
     click.echo(
         f"{report.slide}: {report.n_nuclei} nuclei in {report.n_tissue} tissue tiles of "
         f"{report.n_tiles} ({report.n_processed} run now, {report.n_resumed} resumed); "
         f"{report.megapixels:.1f} Mpx in {report.seconds:.1f} s "
-        f"({report.megapixels_per_second:.2f} Mpx/s) -> {out}", err=True)
+        f"({report.megapixels_per_second:.2f} Mpx/s) -> {out}",
+        err=True,
+    )
     if report.failed:
         listed = ", ".join(str(f["tile"]) for f in report.failed[:10])
-        raise McfError(f"{len(report.failed)} tile(s) could not be processed ({listed}"
-                       f"{'...' if len(report.failed) > 10 else ''}); see {out}/report.json "
-                       "and run.log; run the command again to retry them")
+        raise McfError(
+            f"{len(report.failed)} tile(s) could not be processed ({listed}"
+            f"{'...' if len(report.failed) > 10 else ''}); see {out}/report.json "
+            "and run.log; run the command again to retry them"
+        )

@@ -44,16 +44,37 @@ __all__ = [
 ]
 
 #: columns of the centroid CSV, in order
-CSV_COLUMNS = ("id", "tile", "y", "x", "centroid_y", "centroid_x", "area_px", "area_um2",
-               "perimeter_um", "mean_r", "mean_g", "mean_b", "clipped")
+CSV_COLUMNS = (
+    "id",
+    "tile",
+    "y",
+    "x",
+    "centroid_y",
+    "centroid_x",
+    "area_px",
+    "area_um2",
+    "perimeter_um",
+    "mean_r",
+    "mean_g",
+    "mean_b",
+    "clipped",
+)
 
 NucleusTable = dict[str, np.ndarray]
 
 
-def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, *, ids: np.ndarray,
-                   centres: np.ndarray, origin: tuple[int, int], downsample: float = 1.0,
-                   mpp: float | None = None, slide_shape: tuple[int, int] | None = None,
-                   read_box: tuple[int, int, int, int] | None = None) -> NucleusTable:
+def measure_nuclei(
+    labels: np.ndarray,
+    rgb: np.ndarray,
+    *,
+    ids: np.ndarray,
+    centres: np.ndarray,
+    origin: tuple[int, int],
+    downsample: float = 1.0,
+    mpp: float | None = None,
+    slide_shape: tuple[int, int] | None = None,
+    read_box: tuple[int, int, int, int] | None = None,
+) -> NucleusTable:
     """Measurements and outline polygons of the nuclei of one tile.
 
     Parameters
@@ -99,13 +120,17 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, *, ids: np.ndarray,
     oy, ox = origin
     boxes = ndi.find_objects(lab.astype(np.int32, copy=False), max_label=n) if n else []
     idx = np.arange(1, n + 1)
-    area = (np.bincount(lab.ravel(), minlength=n + 1)[1:n + 1].astype(np.float64)
-            if n else np.zeros(0))
+    area = (
+        np.bincount(lab.ravel(), minlength=n + 1)[1 : n + 1].astype(np.float64)
+        if n
+        else np.zeros(0)
+    )
     if n:
         com = np.asarray(ndi.center_of_mass(np.ones((h, w)), lab, idx), dtype=np.float64)
         com = com.reshape(n, 2)
-        means = [np.asarray(ndi.mean(rgb[:, :, ch].astype(np.float64), lab, idx))
-                 for ch in range(3)]
+        means = [
+            np.asarray(ndi.mean(rgb[:, :, ch].astype(np.float64), lab, idx)) for ch in range(3)
+        ]
     else:
         com = np.zeros((0, 2))
         means = [np.zeros(0)] * 3
@@ -120,12 +145,17 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, *, ids: np.ndarray,
         box = boxes[j] if j < len(boxes) else None
         if box is None:  # an id with no pixels: outline the centre pixel
             cy, cx = np.floor(cen[j]) - (oy, ox)
-            ring = np.array([[cy, cx], [cy, cx + 1], [cy + 1, cx + 1], [cy + 1, cx],
-                             [cy, cx]], dtype=np.float64)
+            ring = np.array(
+                [[cy, cx], [cy, cx + 1], [cy + 1, cx + 1], [cy + 1, cx], [cy, cx]], dtype=np.float64
+            )
         else:
             sy, sx = box
-            clipped[j] = ((edges[0] and sy.start == 0) or (edges[1] and sx.start == 0)
-                          or (edges[2] and sy.stop == h) or (edges[3] and sx.stop == w))
+            clipped[j] = (
+                (edges[0] and sy.start == 0)
+                or (edges[1] and sx.start == 0)
+                or (edges[2] and sy.stop == h)
+                or (edges[3] and sx.stop == w)
+            )
             m = np.pad(lab[sy, sx] == j + 1, 1).astype(np.float32)
             contours = find_contours(m, 0.5)
             ring = max(contours, key=len) if contours else np.zeros((0, 2))
@@ -139,7 +169,7 @@ def measure_nuclei(labels: np.ndarray, rgb: np.ndarray, *, ids: np.ndarray,
         rings.append(ring)
     offsets = np.zeros(n + 1, np.int64)
     offsets[1:] = np.cumsum([len(r) for r in rings]) if n else []
-    xy = (np.concatenate(rings) if rings else np.zeros((0, 2)))
+    xy = np.concatenate(rings) if rings else np.zeros((0, 2))
     xy = (xy + (oy, ox))[:, ::-1] * downsample  # level-0 (x, y)
     m = float("nan") if mpp is None else float(mpp)
     ds = float(downsample)
@@ -177,9 +207,13 @@ def _finite(v: float) -> float | None:
     return round(float(v), 4) if math.isfinite(float(v)) else None
 
 
-def iter_features(table: NucleusTable, *, tile: int | None = None,
-                  classification: str = "Nucleus",
-                  color: tuple[int, int, int] = (32, 160, 64)) -> Iterator[dict[str, Any]]:
+def iter_features(
+    table: NucleusTable,
+    *,
+    tile: int | None = None,
+    classification: str = "Nucleus",
+    color: tuple[int, int, int] = (32, 160, 64),
+) -> Iterator[dict[str, Any]]:
     """QuPath detection features (GeoJSON dicts) of the nuclei in a table.
 
     Each feature has a polygon geometry, ``objectType: "detection"``, a classification
@@ -189,12 +223,17 @@ def iter_features(table: NucleusTable, *, tile: int | None = None,
     offs = table["poly_offsets"]
     xy = table["poly_xy"]
     for j in range(len(table["id"])):
-        ring = xy[offs[j]:offs[j + 1]]
+        ring = xy[offs[j] : offs[j + 1]]
         coords = np.round(ring, 2).tolist()
         if len(coords) < 4:  # degenerate: a tiny square around the centre
             x, y = float(table["x"][j]), float(table["y"][j])
-            coords = [[x - .5, y - .5], [x + .5, y - .5], [x + .5, y + .5], [x - .5, y + .5],
-                      [x - .5, y - .5]]
+            coords = [
+                [x - 0.5, y - 0.5],
+                [x + 0.5, y - 0.5],
+                [x + 0.5, y + 0.5],
+                [x - 0.5, y + 0.5],
+                [x - 0.5, y - 0.5],
+            ]
         meas = {
             "Area px": _finite(table["area_px"][j]),
             "Area um^2": _finite(table["area_um2"][j]),
@@ -249,16 +288,22 @@ def csv_fragment(tile: int, table: NucleusTable) -> str:
         return ""
     cols: list[list[str]] = [[str(int(v)) for v in table["id"]], [str(int(tile))] * n]
     for col in CSV_COLUMNS[2:-1]:
-        cols.append(["" if not math.isfinite(v) else f"{v:.6g}"
-                     for v in np.asarray(table[col], np.float64).tolist()])
+        cols.append(
+            [
+                "" if not math.isfinite(v) else f"{v:.6g}"
+                for v in np.asarray(table[col], np.float64).tolist()
+            ]
+        )
     cols.append(["1" if v else "0" for v in np.asarray(table["clipped"], bool).tolist()])
     return "".join(",".join(row) + "\n" for row in zip(*cols, strict=True))
 
 
 def geojson_fragment(table: NucleusTable, *, tile: int | None = None) -> str:
     """One tile's features as GeoJSON text, comma-separated (no brackets)."""
-    return ",\n".join(json.dumps(f, separators=(",", ":"), ensure_ascii=False)
-                       for f in iter_features(table, tile=tile))
+    return ",\n".join(
+        json.dumps(f, separators=(",", ":"), ensure_ascii=False)
+        for f in iter_features(table, tile=tile)
+    )
 
 
 def write_csv(path: str | os.PathLike, tables: Iterable[tuple[int, NucleusTable]]) -> int:
@@ -311,8 +356,9 @@ def concat_geojson(path: str | os.PathLike, fragments: Iterable[str]) -> None:
         f.write("\n]}\n")
 
 
-def open_label_store(path: str | os.PathLike, *, shape: tuple[int, int],
-                     chunk: int, attrs: dict[str, Any]):
+def open_label_store(
+    path: str | os.PathLike, *, shape: tuple[int, int], chunk: int, attrs: dict[str, Any]
+):
     """Create, or reopen to resume, the Zarr instance-label array of a run.
 
     The array is written under ``<path>.partial`` and becomes ``path`` in
@@ -334,14 +380,17 @@ def open_label_store(path: str | os.PathLike, *, shape: tuple[int, int],
     if partial.exists():
         z = zarr.open_array(str(partial), mode="r+")
         if tuple(z.shape) != tuple(shape):
-            raise InputError(f"{partial}: existing label store has shape {z.shape}, "
-                             f"expected {shape}; use another --out folder")
+            raise InputError(
+                f"{partial}: existing label store has shape {z.shape}, "
+                f"expected {shape}; use another --out folder"
+            )
         return z
     tmp = final.with_name(final.name + ".creating")
     if tmp.exists():
         shutil.rmtree(tmp)
-    z = zarr.create_array(str(tmp), shape=tuple(shape), chunks=(chunk, chunk), dtype="int64",
-                          fill_value=0)
+    z = zarr.create_array(
+        str(tmp), shape=tuple(shape), chunks=(chunk, chunk), dtype="int64", fill_value=0
+    )
     z.attrs.update(attrs)
     os.replace(tmp, partial)
     return zarr.open_array(str(partial), mode="r+")
@@ -358,8 +407,14 @@ def finish_label_store(path: str | os.PathLike) -> Path:
     return final
 
 
-def overlay(thumbnail: np.ndarray, labels: np.ndarray, *, path: str | os.PathLike | None = None,
-            color: tuple[int, int, int] = (0, 255, 0), alpha: float = 0.35) -> np.ndarray:
+def overlay(
+    thumbnail: np.ndarray,
+    labels: np.ndarray,
+    *,
+    path: str | os.PathLike | None = None,
+    color: tuple[int, int, int] = (0, 255, 0),
+    alpha: float = 0.35,
+) -> np.ndarray:
     """Draw nuclei on a downsampled picture: tinted insides, outlines in full colour.
 
     Parameters

@@ -115,8 +115,9 @@ class SlideReader:
         band = max(step, (2048 // step) * step)
         for y0 in range(0, self.shape[0], band):
             h = min(band, self.shape[0] - y0)
-            rows.append(_read_robust(self._read, y0, 0, h, self.shape[1],
-                                     name=self.name)[::step, ::step])
+            rows.append(
+                _read_robust(self._read, y0, 0, h, self.shape[1], name=self.name)[::step, ::step]
+            )
         return np.ascontiguousarray(np.concatenate(rows, axis=0))
 
     # -- helpers --------------------------------------------------------------------------
@@ -129,8 +130,10 @@ class SlideReader:
             )
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.name!r}, shape={self.shape}, mpp={self.mpp}, "
-                f"downsample={self.downsample})")
+        return (
+            f"{type(self).__name__}({self.name!r}, shape={self.shape}, mpp={self.mpp}, "
+            f"downsample={self.downsample})"
+        )
 
 
 class ArrayReader(SlideReader):
@@ -164,7 +167,7 @@ class ArrayReader(SlideReader):
         self.name = name
 
     def _read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-        return as_rgb_uint8(np.asarray(self.array[y:y + h, x:x + w]), name=self.name)
+        return as_rgb_uint8(np.asarray(self.array[y : y + h, x : x + w]), name=self.name)
 
 
 class TiffSlideReader(SlideReader):
@@ -189,8 +192,9 @@ class TiffSlideReader(SlideReader):
 
     _backend = "tiffslide"
 
-    def __init__(self, path: str | os.PathLike, *, level: int = 0,
-                 mpp: float | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, level: int = 0, mpp: float | None = None
+    ) -> None:
         self.path = Path(path).absolute()
         self.level = level
         self._mpp_override = _check_mpp(mpp, str(self.path))
@@ -199,8 +203,10 @@ class TiffSlideReader(SlideReader):
         slide = self._open()
         n = slide.level_count
         if not isinstance(level, int) or not 0 <= level < n:
-            raise InputError(f"{self.path}: level {level!r} does not exist (the slide has "
-                             f"{n} level(s), 0..{n - 1})")
+            raise InputError(
+                f"{self.path}: level {level!r} does not exist (the slide has "
+                f"{n} level(s), 0..{n - 1})"
+            )
         w, h = slide.level_dimensions[level]
         self.shape = (int(h), int(w))
         self.downsample = float(slide.level_downsamples[level])
@@ -217,8 +223,10 @@ class TiffSlideReader(SlideReader):
             except InputError:
                 raise
             except Exception as exc:  # backends raise many types for unreadable files
-                raise FormatError(f"{self.path}: not a slide {self._backend} can open "
-                                  f"({type(exc).__name__}: {exc})") from exc
+                raise FormatError(
+                    f"{self.path}: not a slide {self._backend} can open "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
         return self._slide
 
     def _open_backend(self):
@@ -288,6 +296,7 @@ class TiffSlideReader(SlideReader):
             if sel.size == 0:
                 continue
             bh = min(band, h - b0)
+
             def read_best(y: int, x: int, hh: int, ww: int) -> np.ndarray:
                 loc = (int(round(x * scale0)), int(round(y * scale0)))
                 region = slide.read_region(loc, best, (ww, hh), as_array=True)  # noqa: B023
@@ -335,8 +344,9 @@ class OpenSlideReader(TiffSlideReader):
 UNREADABLE_GREY = 128
 
 
-def _read_robust(read, y: int, x: int, h: int, w: int, *, name: str,
-                 block: int = 512) -> np.ndarray:
+def _read_robust(
+    read, y: int, x: int, h: int, w: int, *, name: str, block: int = 512
+) -> np.ndarray:
     """Read a region for a thumbnail; parts that fail to decode become grey blocks."""
     import logging
 
@@ -350,12 +360,17 @@ def _read_robust(read, y: int, x: int, h: int, w: int, *, name: str,
         for bx in range(0, w, block):
             bh, bw = min(block, h - by), min(block, w - bx)
             try:
-                out[by:by + bh, bx:bx + bw] = read(y + by, x + bx, bh, bw)
+                out[by : by + bh, bx : bx + bw] = read(y + by, x + bx, bh, bw)
             except Exception:  # this block stays grey
                 bad += 1
     logging.getLogger("mcf_fast.slide").warning(
         "%s: %d block(s) of %d px in rows %d..%d could not be read; shown grey in thumbnails",
-        name, bad, block, y, y + h)
+        name,
+        bad,
+        block,
+        y,
+        y + h,
+    )
     return out
 
 
@@ -371,8 +386,9 @@ def _check_mpp(mpp: float | None, name: str) -> float | None:
     return v
 
 
-def open_slide(source: Any, *, level: int = 0, mpp: float | None = None,
-               backend: str = "auto") -> SlideReader:
+def open_slide(
+    source: Any, *, level: int = 0, mpp: float | None = None, backend: str = "auto"
+) -> SlideReader:
     """Open a slide, an image file, a zarr store or an array as a :class:`SlideReader`.
 
     Parameters
@@ -436,8 +452,10 @@ def open_slide(source: Any, *, level: int = 0, mpp: float | None = None,
         if level != 0:
             raise InputError(f"level: {path} is a plain image with only level 0, got {level}")
         return ArrayReader(read_image(path), mpp=mpp, name=path.name)
-    raise FormatError(f"{path}: unknown image or slide type {suffix!r} (expected one of "
-                      f"{', '.join(SLIDE_SUFFIXES + IMAGE_SUFFIXES)} or a .zarr folder)")
+    raise FormatError(
+        f"{path}: unknown image or slide type {suffix!r} (expected one of "
+        f"{', '.join(SLIDE_SUFFIXES + IMAGE_SUFFIXES)} or a .zarr folder)"
+    )
 
 
 @dataclass(frozen=True)
@@ -463,7 +481,7 @@ class TissueMask:
         s = self.scale
         r0, c0 = max(0, int(y0 // s)), max(0, int(x0 // s))
         r1, c1 = math.ceil(y1 / s), math.ceil(x1 / s)
-        return bool(self.mask[r0:max(r1, r0 + 1), c0:max(c1, c0 + 1)].any())
+        return bool(self.mask[r0 : max(r1, r0 + 1), c0 : max(c1, c0 + 1)].any())
 
     @property
     def fraction(self) -> float:
@@ -471,8 +489,14 @@ class TissueMask:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
 
-def tissue_mask(reader: SlideReader, *, max_side: int = 1024, brightness: float = 0.85,
-                saturation: float = 0.07, min_area: float = 0.0005) -> TissueMask:
+def tissue_mask(
+    reader: SlideReader,
+    *,
+    max_side: int = 1024,
+    brightness: float = 0.85,
+    saturation: float = 0.07,
+    min_area: float = 0.0005,
+) -> TissueMask:
     """Find tissue on a low-resolution thumbnail, so background tiles can be skipped.
 
     A thumbnail pixel is background when it is bright (mean of R, G, B above `brightness`
@@ -500,8 +524,7 @@ def tissue_mask(reader: SlideReader, *, max_side: int = 1024, brightness: float 
     InputError
         If a threshold is outside [0, 1].
     """
-    for name, v in (("brightness", brightness), ("saturation", saturation),
-                    ("min_area", min_area)):
+    for name, v in (("brightness", brightness), ("saturation", saturation), ("min_area", min_area)):
         if not 0.0 <= v <= 1.0:
             raise InputError(f"tissue_mask: {name} must lie in [0, 1], got {v!r}")
     from scipy import ndimage as ndi
@@ -513,8 +536,10 @@ def tissue_mask(reader: SlideReader, *, max_side: int = 1024, brightness: float 
     bright = rgb.mean(axis=2) > brightness
     black = mx < 0.04
     tissue = ~((bright & (sat < saturation)) | black)
-    tissue = ndi.binary_closing(tissue, structure=np.ones((3, 3), bool), iterations=2,
-                                border_value=0) | tissue
+    tissue = (
+        ndi.binary_closing(tissue, structure=np.ones((3, 3), bool), iterations=2, border_value=0)
+        | tissue
+    )
     tissue = ndi.binary_fill_holes(tissue)
     labels, n = ndi.label(tissue)
     if n:

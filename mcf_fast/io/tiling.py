@@ -69,8 +69,10 @@ class Tile:
     @property
     def core_in_read(self) -> tuple[slice, slice]:
         """Slices that cut the core out of an array covering the read region."""
-        return (slice(self.core[0] - self.read[0], self.core[2] - self.read[0]),
-                slice(self.core[1] - self.read[1], self.core[3] - self.read[1]))
+        return (
+            slice(self.core[0] - self.read[0], self.core[2] - self.read[0]),
+            slice(self.core[1] - self.read[1], self.core[3] - self.read[1]),
+        )
 
 
 def tile_grid(shape: tuple[int, int], *, tile: int, margin: int) -> list[Tile]:
@@ -112,8 +114,12 @@ def tile_grid(shape: tuple[int, int], *, tile: int, margin: int) -> list[Tile]:
     for r, y0 in enumerate(range(0, H, tile)):
         for c, x0 in enumerate(range(0, W, tile)):
             y1, x1 = min(y0 + tile, H), min(x0 + tile, W)
-            read = (max(0, y0 - margin), max(0, x0 - margin),
-                    min(H, y1 + margin), min(W, x1 + margin))
+            read = (
+                max(0, y0 - margin),
+                max(0, x0 - margin),
+                min(H, y1 + margin),
+                min(W, x1 + margin),
+            )
             tiles.append(Tile(r * n_cols + c, r, c, (y0, x0, y1, x1), read))
     return tiles
 
@@ -153,8 +159,9 @@ def id_to_yx(ids: np.ndarray, width: int) -> np.ndarray:
     return np.stack([i // width, i % width], axis=-1)
 
 
-def associate(labels: np.ndarray, centres: np.ndarray, *,
-              ordered: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def associate(
+    labels: np.ndarray, centres: np.ndarray, *, ordered: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Relabel an instance map so that label ``k`` is the nucleus of ``centres[k - 1]``.
 
     Predictors return instance labels and centres; this pairs them up. A centre takes the
@@ -197,7 +204,7 @@ def associate(labels: np.ndarray, centres: np.ndarray, *,
     extra_pixels = []
     if ordered:
         k = min(n_lab, len(c))
-        lut[1:k + 1] = np.arange(1, k + 1)
+        lut[1 : k + 1] = np.arange(1, k + 1)
         present_ = np.zeros(max(n_lab, len(c)) + 1, bool)
         present_[np.unique(lab)] = True
         extra_pixels = [j for j in range(len(c)) if not present_[j + 1]]
@@ -260,8 +267,7 @@ class TileLabels:
     centres: np.ndarray
 
 
-def tile_labels(labels: np.ndarray, centres: np.ndarray, tile: Tile, *,
-                width: int) -> TileLabels:
+def tile_labels(labels: np.ndarray, centres: np.ndarray, tile: Tile, *, width: int) -> TileLabels:
     """Turn a prediction on ``tile.read`` into slide-wide ids and apply the ownership rule.
 
     Parameters
@@ -286,12 +292,15 @@ def tile_labels(labels: np.ndarray, centres: np.ndarray, tile: Tile, *,
     """
     lab = np.asarray(labels)
     if lab.shape != tile.read_shape:
-        raise InputError(f"labels: expected shape {tile.read_shape} for tile {tile.index}, "
-                         f"got {lab.shape}")
+        raise InputError(
+            f"labels: expected shape {tile.read_shape} for tile {tile.index}, got {lab.shape}"
+        )
     c = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
     if lab.size and int(lab.max()) > len(c):
-        raise InputError(f"labels: label {int(lab.max())} has no centre ({len(c)} centres); "
-                         "pair them with mcf_fast.io.tiling.associate")
+        raise InputError(
+            f"labels: label {int(lab.max())} has no centre ({len(c)} centres); "
+            "pair them with mcf_fast.io.tiling.associate"
+        )
     slide_c = c + np.array([tile.read[0], tile.read[1]], dtype=np.float64)
     gid = instance_ids(slide_c, width)
     mine = owned(slide_c, tile.core)

@@ -79,8 +79,14 @@ log = logging.getLogger("mcf_fast.slide")
 
 #: file names inside the output folder
 RUN_FILE, MANIFEST, TILES_DIR = "run.json", "manifest.jsonl", "tiles"
-LABELS, GEOJSON, CSV, OVERLAY, REPORT, LOG = ("labels.zarr", "nuclei.geojson", "nuclei.csv",
-                                               "overlay.png", "report.json", "run.log")
+LABELS, GEOJSON, CSV, OVERLAY, REPORT, LOG = (
+    "labels.zarr",
+    "nuclei.geojson",
+    "nuclei.csv",
+    "overlay.png",
+    "report.json",
+    "run.log",
+)
 
 
 # ============================================================================ predictors
@@ -108,8 +114,9 @@ def _hematoxylin(rgb: np.ndarray) -> np.ndarray:
     return rgb2hed(rgb)[:, :, 0]
 
 
-def nearest_centre_labels(foreground: np.ndarray, markers: np.ndarray, *,
-                          radius: float) -> np.ndarray:
+def nearest_centre_labels(
+    foreground: np.ndarray, markers: np.ndarray, *, radius: float
+) -> np.ndarray:
     """Give each foreground pixel to the nearest marker within `radius` (a masked Voronoi).
 
     Unlike a watershed, whose flooding can carry a label along long paths, this rule is
@@ -215,10 +222,13 @@ def _detector_reach(det: Any) -> tuple[int, int]:
     """(halo, nucleus diameter) of a Detector: how far its result at a pixel looks."""
     cfg = det.config
     window = int(getattr(det, "_window", 0) or det.max_filter_size // 3)
-    reach = (det.max_filter_size // 2  # correlation with the largest (G-folded) filter
-             + 2 * cfg.hog_cell + 4  # dense HOG cells and their block normalisation
-             + cfg.gdbp_q  # GDBP looks Q steps out
-             + getattr(cfg, "peak_distance", 5))  # local maxima and their suppression
+    reach = (
+        det.max_filter_size // 2  # correlation with the largest (G-folded) filter
+        + 2 * cfg.hog_cell
+        + 4  # dense HOG cells and their block normalisation
+        + cfg.gdbp_q  # GDBP looks Q steps out
+        + getattr(cfg, "peak_distance", 5)
+    )  # local maxima and their suppression
     # a nucleus owned by the core reaches `window // 2` out, and its pixels are decided by
     # centres up to another `window // 2` away
     return reach + 2 * (window // 2) + 2, window
@@ -264,8 +274,12 @@ class DetectorPredictor:
     # rebuild the filter bank on arrival (once per worker)
     def __getstate__(self) -> dict[str, Any]:
         det = self.detector
-        return {"templates": det.templates, "config": det.config,
-                "device": getattr(det, "device", "cpu"), "state": self.state}
+        return {
+            "templates": det.templates,
+            "config": det.config,
+            "device": getattr(det, "device", "cpu"),
+            "state": self.state,
+        }
 
     def __setstate__(self, data: dict[str, Any]) -> None:
         from mcf_fast.pipeline.detector import Detector
@@ -333,8 +347,12 @@ class DetectorPredictor:
 
         cfg = self.detector.config
         d = gdbp(sn, p=cfg.gdbp_p, q=cfg.gdbp_q)
-        return find_centres(sn, gdbp=d if cfg.use_gdbp else None,
-                            min_distance=cfg.peak_distance, min_score=cfg.min_score)[0]
+        return find_centres(
+            sn,
+            gdbp=d if cfg.use_gdbp else None,
+            min_distance=cfg.peak_distance,
+            min_score=cfg.min_score,
+        )[0]
 
     def _finish(self, rgb: np.ndarray, sn: np.ndarray, *, colour: np.ndarray | None):
         """GDBP, centres and the pseudo mask from a normalised response (as detect does)."""
@@ -345,8 +363,9 @@ class DetectorPredictor:
         centres = self._centres(sn)
         rule = getattr(cfg, "pseudo_rule", "paper")
         if colour is None or rule == "paper":
-            mask = pseudo_mask(rgb, sn, centres, window=det._window, rule=rule, t1=cfg.t1,
-                               ratio=cfg.pseudo_ratio)
+            mask = pseudo_mask(
+                rgb, sn, centres, window=det._window, rule=rule, t1=cfg.t1, ratio=cfg.pseudo_ratio
+            )
         else:
             mask = _gated_mask(sn, centres, colour, window=det._window, t1=cfg.t1)
         return centres, mask
@@ -358,9 +377,8 @@ class DetectorPredictor:
             centres, fg = np.asarray(det.centres, np.int64), np.asarray(det.pseudo_mask) == 1
         else:
             raw = self._raw(rgb)
-            sn = ((raw - np.float32(rr[0])) * np.float32(1.0 / (rr[1] - rr[0])))
-            centres, mask = self._finish(rgb, sn.astype(np.float32),
-                                         colour=self._posterior(rgb))
+            sn = (raw - np.float32(rr[0])) * np.float32(1.0 / (rr[1] - rr[0]))
+            centres, mask = self._finish(rgb, sn.astype(np.float32), colour=self._posterior(rgb))
             fg = mask == 1
         centres = centres.reshape(-1, 2)
         markers = np.zeros(fg.shape, np.int32)
@@ -370,8 +388,16 @@ class DetectorPredictor:
         return associate(labels, centres.astype(np.float64))
 
 
-def _gated_mask(sn: np.ndarray, centres: np.ndarray, post: np.ndarray, *, window: int,
-                t1: float, bg_posterior: float = 0.1, radius_factor: float = 0.3) -> np.ndarray:
+def _gated_mask(
+    sn: np.ndarray,
+    centres: np.ndarray,
+    post: np.ndarray,
+    *,
+    window: int,
+    t1: float,
+    bg_posterior: float = 0.1,
+    radius_factor: float = 0.3,
+) -> np.ndarray:
     """The detector's "gated" pseudo mask with a given (slide-level) colour posterior.
 
     Same rule as :func:`mcf_fast.ops.pseudo.pseudo_mask` (``rule="gated"``): nucleus where
@@ -414,8 +440,9 @@ class ModelPredictor:
         Context in pixels; default: the detector's reach plus 64 for the U-Net.
     """
 
-    def __init__(self, model: Any, *, source: str | os.PathLike | None = None,
-                 halo: int | None = None) -> None:
+    def __init__(
+        self, model: Any, *, source: str | os.PathLike | None = None, halo: int | None = None
+    ) -> None:
         self.model = model
         self.source = None if source is None else str(source)
         det = getattr(model, "detector", None)
@@ -427,8 +454,10 @@ class ModelPredictor:
 
     def __getstate__(self) -> dict[str, Any]:
         if self.source is None:
-            raise InputError("ModelPredictor: a model without its bundle path cannot be sent "
-                             "to dask workers; pass the bundle path to run_slide")
+            raise InputError(
+                "ModelPredictor: a model without its bundle path cannot be sent "
+                "to dask workers; pass the bundle path to run_slide"
+            )
         return {"source": self.source, "halo": self.halo}
 
     def __setstate__(self, data: dict[str, Any]) -> None:
@@ -438,8 +467,9 @@ class ModelPredictor:
 
     def predict_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pred = self.model.predict(rgb)
-        return associate(np.asarray(pred.labels), np.asarray(pred.centres, np.float64),
-                         ordered=True)
+        return associate(
+            np.asarray(pred.labels), np.asarray(pred.centres, np.float64), ordered=True
+        )
 
 
 @dataclass(frozen=True)
@@ -518,8 +548,7 @@ def _materialise(key: str) -> tuple[SlideReader, TilePredictor]:
         job = _JOBS.get(key)
         if job is None:
             raise McfError(f"slide job {key} is not registered on this worker")
-        pred = job.predictor.build() if isinstance(job.predictor, PredictorSpec) \
-            else job.predictor
+        pred = job.predictor.build() if isinstance(job.predictor, PredictorSpec) else job.predictor
         _BUILT[key] = (job.reader, pred)
     return _BUILT[key]
 
@@ -570,9 +599,17 @@ def _process_tile(key: str, tile: Tile) -> dict[str, Any]:
     try:
         labels, centres = predictor.predict_tile(rgb)
         tl = tile_labels(labels, centres, tile, width=reader.shape[1])
-        table = measure_nuclei(tl.labels, rgb, ids=tl.ids, centres=tl.centres,
-                               origin=(y0, x0), downsample=reader.downsample, mpp=reader.mpp,
-                               slide_shape=reader.shape, read_box=tile.read)
+        table = measure_nuclei(
+            tl.labels,
+            rgb,
+            ids=tl.ids,
+            centres=tl.centres,
+            origin=(y0, x0),
+            downsample=reader.downsample,
+            mpp=reader.mpp,
+            slide_shape=reader.shape,
+            read_box=tile.read,
+        )
     except Exception as exc:  # reported per tile so that the other tiles finish
         return {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     # the core is exactly one chunk of the label store: tiles never share a chunk, so
@@ -590,13 +627,19 @@ def _process_tile(key: str, tile: Tile) -> dict[str, Any]:
     path = Path(job.tiles_dir) / _tile_file(tile.index)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **table, **parts)
-    return {**base, "status": "ok", "file": path.name, "n": int(len(tl.ids)),
-            "seconds": round(time.perf_counter() - t0, 4),
-            "pixels": int((tile.core[2] - tile.core[0]) * (tile.core[3] - tile.core[1]))}
+    return {
+        **base,
+        "status": "ok",
+        "file": path.name,
+        "n": int(len(tl.ids)),
+        "seconds": round(time.perf_counter() - t0, 4),
+        "pixels": int((tile.core[2] - tile.core[0]) * (tile.core[3] - tile.core[1])),
+    }
 
 
-def predict_tiled(image: Any, predictor: TilePredictor, *, tile: int = 1024,
-                  margin: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict_tiled(
+    image: Any, predictor: TilePredictor, *, tile: int = 1024, margin: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Tile an image in memory and stitch the result (no dask, no files).
 
     The same tiling, ownership rule and ids as :func:`run_slide`; with ``tile`` at least
@@ -626,7 +669,7 @@ def predict_tiled(image: Any, predictor: TilePredictor, *, tile: int = 1024,
         y0, x0, y1, x1 = t.read
         labels, centres = predictor.predict_tile(reader.read_region(y0, x0, y1 - y0, x1 - x0))
         tl = tile_labels(labels, centres, t, width=W)
-        out[t.core[0]:t.core[2], t.core[1]:t.core[3]] = tl.core
+        out[t.core[0] : t.core[2], t.core[1] : t.core[3]] = tl.core
         ids.append(tl.ids)
         cents.append(tl.centres)
     all_ids = np.concatenate(ids)
@@ -696,8 +739,10 @@ def _read_manifest(path: Path, tiles_dir: Path) -> dict[int, dict[str, Any]]:
 
 def _summary(calibration: dict[str, Any]) -> dict[str, Any]:
     """The calibration for reports: long lists (colour-model pixels) as their length."""
-    return {k: (f"{len(v)} values" if isinstance(v, list) and len(v) > 8 else v)
-            for k, v in calibration.items()}
+    return {
+        k: (f"{len(v)} values" if isinstance(v, list) and len(v) > 8 else v)
+        for k, v in calibration.items()
+    }
 
 
 def _describe(predictor: Any) -> str:
@@ -721,19 +766,34 @@ def _start_client(workers: int | None, scheduler: str | None):
             raise InputError(f"--scheduler {scheduler}: cannot connect ({exc})") from exc
     n = workers or max(1, os.cpu_count() or 1)
     threads = str(max(1, (os.cpu_count() or 1) // n))
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                           dashboard_address=None,
-                           env={"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads})
+    cluster = LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        env={"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads},
+    )
     return Client(cluster), cluster
 
 
-def run_slide(slide: Any, predictor: TilePredictor | PredictorSpec | str | os.PathLike,
-              out: str | os.PathLike, *, tile: int = 1024, margin: int | None = None,
-              level: int = 0, mpp: float | None = None, workers: int | None = None,
-              scheduler: str | None = None, client: Any = None,
-              skip_background: bool = True, n_calibration: int = 4,
-              overlay_side: int = 2048, progress: bool = True,
-              on_tile: Callable[[dict[str, Any]], None] | None = None) -> SlideReport:
+def run_slide(
+    slide: Any,
+    predictor: TilePredictor | PredictorSpec | str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    tile: int = 1024,
+    margin: int | None = None,
+    level: int = 0,
+    mpp: float | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    skip_background: bool = True,
+    n_calibration: int = 4,
+    overlay_side: int = 2048,
+    progress: bool = True,
+    on_tile: Callable[[dict[str, Any]], None] | None = None,
+) -> SlideReport:
     """Detect and segment nuclei over a whole slide, on dask, streaming results to `out`.
 
     Parameters
@@ -808,38 +868,78 @@ def run_slide(slide: Any, predictor: TilePredictor | PredictorSpec | str | os.Pa
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)
     try:
-        return _run(reader, predictor, local_pred, tiles, out_dir, tiles_dir, tile=tile,
-                    margin=m, level=level, workers=workers, scheduler=scheduler,
-                    client=client, skip_background=skip_background,
-                    n_calibration=n_calibration, overlay_side=overlay_side,
-                    progress=progress, on_tile=on_tile, t_start=t_start)
+        return _run(
+            reader,
+            predictor,
+            local_pred,
+            tiles,
+            out_dir,
+            tiles_dir,
+            tile=tile,
+            margin=m,
+            level=level,
+            workers=workers,
+            scheduler=scheduler,
+            client=client,
+            skip_background=skip_background,
+            n_calibration=n_calibration,
+            overlay_side=overlay_side,
+            progress=progress,
+            on_tile=on_tile,
+            t_start=t_start,
+        )
     finally:
         log.setLevel(old_level)
         log.removeHandler(handler)
         handler.close()
 
 
-def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile],
-         out_dir: Path, tiles_dir: Path, *, tile: int, margin: int, level: int,
-         workers: int | None, scheduler: str | None, client: Any, skip_background: bool,
-         n_calibration: int, overlay_side: int, progress: bool,
-         on_tile: Callable[[dict[str, Any]], None] | None, t_start: float) -> SlideReport:
+def _run(
+    reader: SlideReader,
+    predictor: Any,
+    local_pred: Any,
+    tiles: list[Tile],
+    out_dir: Path,
+    tiles_dir: Path,
+    *,
+    tile: int,
+    margin: int,
+    level: int,
+    workers: int | None,
+    scheduler: str | None,
+    client: Any,
+    skip_background: bool,
+    n_calibration: int,
+    overlay_side: int,
+    progress: bool,
+    on_tile: Callable[[dict[str, Any]], None] | None,
+    t_start: float,
+) -> SlideReport:
     from tqdm.auto import tqdm
 
     tissue = tissue_mask(reader) if skip_background else None
     todo = [t for t in tiles if tissue is None or tissue.any_in(*t.core)]
-    params = {"slide": reader.name, "shape": list(reader.shape), "level": level,
-              "downsample": reader.downsample, "mpp": reader.mpp, "tile": tile,
-              "margin": margin, "predictor": _describe(predictor)}
+    params = {
+        "slide": reader.name,
+        "shape": list(reader.shape),
+        "level": level,
+        "downsample": reader.downsample,
+        "mpp": reader.mpp,
+        "tile": tile,
+        "margin": margin,
+        "predictor": _describe(predictor),
+    }
     run_file = out_dir / RUN_FILE
     calibration: dict[str, Any] = {}
     if run_file.exists():
         prev = json.loads(run_file.read_text(encoding="utf-8"))
         diff = {k: (prev.get(k), v) for k, v in params.items() if prev.get(k) != v}
         if diff:
-            raise ConfigError(f"{out_dir}: holds a run with other parameters "
-                              f"{ {k: v[0] for k, v in diff.items()} } (now "
-                              f"{ {k: v[1] for k, v in diff.items()} }); use another --out")
+            raise ConfigError(
+                f"{out_dir}: holds a run with other parameters "
+                f"{ {k: v[0] for k, v in diff.items()} } (now "
+                f"{ {k: v[1] for k, v in diff.items()} }); use another --out"
+            )
         calibration = prev.get("calibration", {})
     elif n_calibration > 0 and hasattr(local_pred, "calibration") and todo:
         samples = []
@@ -853,8 +953,7 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
             calibration = dict(local_pred.calibration(samples))
     if not run_file.exists():
         with atomic_path(run_file) as tmp:
-            tmp.write_text(json.dumps({**params, "calibration": calibration}),
-                           encoding="utf-8")
+            tmp.write_text(json.dumps({**params, "calibration": calibration}), encoding="utf-8")
     if calibration:
         log.info("slide-level calibration %s", calibration)
         if isinstance(predictor, PredictorSpec):
@@ -866,22 +965,49 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
     _remove_stale_parts(tiles_dir)
     done = _read_manifest(manifest, tiles_dir)
     # created (or reopened to resume) here; the workers write their cores into it
-    open_label_store(out_dir / LABELS, shape=reader.shape, chunk=tile,
-                     attrs={**params, "calibration": _summary(calibration),
-                            "ids": "floor(y) * width + floor(x) + 1"})
-    report = SlideReport(slide=reader.name, shape=reader.shape, level=level, mpp=reader.mpp,
-                         tile=tile, margin=margin, n_tiles=len(tiles), n_tissue=len(todo),
-                         calibration=_summary(calibration))
+    open_label_store(
+        out_dir / LABELS,
+        shape=reader.shape,
+        chunk=tile,
+        attrs={
+            **params,
+            "calibration": _summary(calibration),
+            "ids": "floor(y) * width + floor(x) + 1",
+        },
+    )
+    report = SlideReport(
+        slide=reader.name,
+        shape=reader.shape,
+        level=level,
+        mpp=reader.mpp,
+        tile=tile,
+        margin=margin,
+        n_tiles=len(tiles),
+        n_tissue=len(todo),
+        calibration=_summary(calibration),
+    )
     pending = [t for t in todo if t.index not in done]
     report.n_resumed = len(todo) - len(pending)
-    log.info("%s: %d tiles, %d with tissue, %d already done, %d to run", reader.name,
-             len(tiles), len(todo), report.n_resumed, len(pending))
+    log.info(
+        "%s: %d tiles, %d with tissue, %d already done, %d to run",
+        reader.name,
+        len(tiles),
+        len(todo),
+        report.n_resumed,
+        len(pending),
+    )
     by_index = {t.index: t for t in tiles}
 
-    bar = tqdm(total=len(pending), desc=f"mcf slide {reader.name}", unit="tile",
-               disable=not progress, leave=True)
+    bar = tqdm(
+        total=len(pending),
+        desc=f"mcf slide {reader.name}",
+        unit="tile",
+        disable=not progress,
+        leave=True,
+    )
     t_run = time.perf_counter()
     with open(manifest, "a", encoding="utf-8") as mf:
+
         def record(summary: dict[str, Any]) -> None:
             idx = int(summary["tile"])
             if idx in done:  # a result that arrived twice is recorded once
@@ -901,9 +1027,14 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
                 on_tile(summary)
 
         key = uuid.uuid4().hex[:12]
-        job = _Job(key=key, reader=reader, predictor=predictor, tiles_dir=str(tiles_dir),
-                   labels=str(out_dir / (LABELS + ".partial")),
-                   overlay_step=max(1, math.ceil(max(reader.shape) / overlay_side)))
+        job = _Job(
+            key=key,
+            reader=reader,
+            predictor=predictor,
+            tiles_dir=str(tiles_dir),
+            labels=str(out_dir / (LABELS + ".partial")),
+            overlay_step=max(1, math.ceil(max(reader.shape) / overlay_side)),
+        )
         if workers == 0 and client is None and scheduler is None:
             report.workers = 0
             _JOBS[key] = job
@@ -915,8 +1046,15 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
                 _BUILT.pop(key, None)
                 _STORES.pop(key, None)
         elif pending:
-            _run_dask(job, pending, record, workers=workers, scheduler=scheduler,
-                      client=client, report=report)
+            _run_dask(
+                job,
+                pending,
+                record,
+                workers=workers,
+                scheduler=scheduler,
+                client=client,
+                report=report,
+            )
     bar.close()
     run_seconds = time.perf_counter() - t_run
     _remove_stale_parts(tiles_dir)  # no task of this run is running any more
@@ -945,25 +1083,41 @@ def _run(reader: SlideReader, predictor: Any, local_pred: Any, tiles: list[Tile]
         with np.load(tiles_dir / done[i]["file"]) as z:
             sub = z["overlay"]
         ty, tx = -(-y0 // s), -(-x0 // s)
-        canvas[ty:ty + sub.shape[0], tx:tx + sub.shape[1]] = sub
+        canvas[ty : ty + sub.shape[0], tx : tx + sub.shape[1]] = sub
     overlay(thumb, canvas, path=out_dir / OVERLAY)
     report.seconds = round(run_seconds, 3)
     report.export_seconds = round(time.perf_counter() - t_export, 3)
-    report.outputs = {"labels": str(labels_path), "geojson": str(out_dir / GEOJSON),
-                      "csv": str(out_dir / CSV), "overlay": str(out_dir / OVERLAY),
-                      "report": str(out_dir / REPORT), "log": str(out_dir / LOG)}
+    report.outputs = {
+        "labels": str(labels_path),
+        "geojson": str(out_dir / GEOJSON),
+        "csv": str(out_dir / CSV),
+        "overlay": str(out_dir / OVERLAY),
+        "report": str(out_dir / REPORT),
+        "log": str(out_dir / LOG),
+    }
     with atomic_path(out_dir / REPORT) as tmp:
-        tmp.write_text(json.dumps({**report.to_dict(),
-                                   "total_seconds": round(time.perf_counter() - t_start, 3)},
-                                  indent=1), encoding="utf-8")
+        tmp.write_text(
+            json.dumps(
+                {**report.to_dict(), "total_seconds": round(time.perf_counter() - t_start, 3)},
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
     if report.failed:
         log.warning("%d tile(s) failed; a re-run retries them", len(report.failed))
     return report
 
 
-def _run_dask(job: _Job, pending: list[Tile], record: Callable[[dict[str, Any]], None], *,
-              workers: int | None, scheduler: str | None, client: Any,
-              report: SlideReport) -> None:
+def _run_dask(
+    job: _Job,
+    pending: list[Tile],
+    record: Callable[[dict[str, Any]], None],
+    *,
+    workers: int | None,
+    scheduler: str | None,
+    client: Any,
+    report: SlideReport,
+) -> None:
     from distributed import as_completed
 
     own_cluster = None
@@ -976,16 +1130,24 @@ def _run_dask(job: _Job, pending: list[Tile], record: Callable[[dict[str, Any]],
     try:
         client.register_plugin(plugin)
         report.workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-        futures = [client.submit(_process_tile, job.key, t, key=f"mcf-tile-{job.key}-{t.index}",
-                                 pure=False) for t in pending]
+        futures = [
+            client.submit(
+                _process_tile, job.key, t, key=f"mcf-tile-{job.key}-{t.index}", pure=False
+            )
+            for t in pending
+        ]
         by_key = {f.key: t for f, t in zip(futures, pending, strict=True)}
         for fut in as_completed(futures):
             t = by_key[fut.key]
             try:
                 summary = fut.result()
             except Exception as exc:  # the task raised or its workers kept dying
-                summary = {"tile": t.index, "core": list(t.core), "status": "failed",
-                           "error": f"{type(exc).__name__}: {exc}"}
+                summary = {
+                    "tile": t.index,
+                    "core": list(t.core),
+                    "status": "failed",
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
             fut.release()
             record(summary)
     finally:

@@ -37,7 +37,7 @@ def instance_labels(
     threshold: float = 0.5,
     min_area: int = 12,
     seeds: str = "centres",
-    min_distance: int = 4,
+    min_distance: int = 6,
 ) -> np.ndarray:
     """Label each nucleus of a probability map with its own id.
 

@@ -242,6 +242,9 @@ def test_unreadable_tile_is_logged_and_reported(client, slide_image, tmp_path):
         ]
     )
     assert code == 1
+    rerun = json.loads((out / "report.json").read_text())
+    assert rerun["n_resumed"] == 8 and rerun["n_processed"] == 0
+    assert [f["tile"] for f in rerun["failed"]] == [12]
 
 
 @dataclass(frozen=True)

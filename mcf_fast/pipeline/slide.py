@@ -745,8 +745,11 @@ def _summary(calibration: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _describe(predictor: Any) -> str:
-    return predictor.source if isinstance(predictor, PredictorSpec) else repr(predictor)
+def _describe(predictor: Any, built: Any) -> str:
+    """How run.json names the model: the file it comes from, else the predictor's repr."""
+    if isinstance(predictor, PredictorSpec) and predictor.source != "blob":
+        return predictor.source
+    return repr(built)
 
 
 def _calibration_tiles(tiles: list[Tile], n: int) -> list[Tile]:
@@ -927,7 +930,7 @@ def _run(
         "mpp": reader.mpp,
         "tile": tile,
         "margin": margin,
-        "predictor": _describe(predictor),
+        "predictor": _describe(predictor, local_pred),
     }
     run_file = out_dir / RUN_FILE
     calibration: dict[str, Any] = {}

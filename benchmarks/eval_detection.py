@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", choices=("centres", "pseudo"), default=None,
                     help="sweep the centre thresholds (min_score x peak_distance) or the "
                     "gated pseudo-mask thresholds (tuning: use on train only)")
+    ap.add_argument("--min-scores", default=None,
+                    help="with --sweep centres: only these min_score values (comma-separated), "
+                    "other fields as configured")
     ap.add_argument("--cache", default=None,
                     help="folder to keep the responses in, keyed by the filter settings")
     ap.add_argument("--limit", type=int, default=0, help="only the first N images")
@@ -150,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.sweep:
         rows = []
-        if args.sweep == "centres":
+        if args.sweep == "centres" and args.min_scores:
+            grid = [dict(min_score=float(v)) for v in args.min_scores.split(",")]
+        elif args.sweep == "centres":
             grid = [dict(min_score=a, peak_distance=b, centre_gate=g)
                     for a, b, g in itertools.product((0.2, 0.3, 0.4, 0.5, 0.6), (4, 6),
                                                      (0.0, 0.3, 0.5, 0.7))]

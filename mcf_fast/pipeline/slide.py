@@ -229,6 +229,7 @@ def _detector_reach(det: Any) -> tuple[int, int]:
         + cfg.gdbp_q  # GDBP looks Q steps out
         + getattr(cfg, "peak_distance", 5)
     )  # local maxima and their suppression
+    reach += math.ceil(4 * getattr(cfg, "pseudo_smooth", 0))  # smoothing of the posterior
     # a nucleus owned by the core reaches `window // 2` out, and its pixels are decided by
     # centres up to another `window // 2` away
     return reach + 2 * (window // 2) + 2, window
@@ -243,14 +244,16 @@ class DetectorPredictor:
     shape).
 
     Slide-level calibration.  :meth:`Detector.detect` normalises the fused response S to
-    [0, 1] by the image's own minimum and maximum, and its "gated" pseudo mask fits a colour
-    discriminant to the image's own pixels.  On a tile both would be the tile's, so a
-    nucleus near a threshold could be found in one tile and missed by its neighbour.
-    :meth:`calibration` therefore fixes them for the slide: the (min, max) of S over a few
-    sample tiles, and a subsample of the pixels the discriminant learns from (nucleus seeds
-    and confident background); once :meth:`calibrated`, every tile is normalised by the
-    same range and classified by the same colour model.  Outside a slide run (no
-    calibration) the adapter is exactly ``Detector.detect``.
+    [0, 1] by the image's own minimum and maximum, and learns its nucleus colour posterior
+    (for the centre gate and the gated pseudo mask) from the image's own detections.  On a
+    tile both would be the tile's, so a nucleus near a threshold could be found in one tile
+    and missed by its neighbour.  :meth:`calibration` therefore fixes them for the slide:
+    the (min, max) of S over a few sample tiles, and a subsample of the pixels the colour
+    model learns from (seeds at the stronger centres, background far from every centre, as
+    :func:`~mcf_fast.ops.pseudo.colour_posterior` picks them); once :meth:`calibrated`,
+    every tile is normalised by the same range and its posterior comes from the same colour
+    model, handed to :func:`~mcf_fast.pipeline.detector.postprocess`.  Without a
+    calibration the adapter is exactly ``Detector.detect``.
 
     Parameters
     ----------
@@ -287,32 +290,54 @@ class DetectorPredictor:
         det = Detector(data["templates"], data["config"], device=data["device"])
         self.__init__(det, state=data["state"])
 
-    # -- calibration ----------------------------------------------------------------------
+    # -- pieces of Detector.detect ----------------------------------------------------------
     def _raw(self, rgb: np.ndarray) -> np.ndarray:
         det = self.detector
         return np.asarray(det.fused_response(det._features(rgb)), np.float32)
 
+    def _uses_colour(self) -> bool:
+        cfg = self.detector.config
+        return cfg.centre_gate > 0 or cfg.pseudo_rule == "gated"
+
+    def _radius(self) -> float:
+        return max(1.0, self.detector.config.pseudo_radius * self.window)
+
+    # -- calibration ----------------------------------------------------------------------
     def calibration(self, samples: Sequence[np.ndarray]) -> dict[str, Any]:
         """Slide-level response range and colour-model pixels from sample tiles."""
         from scipy import ndimage as ndi
 
-        from mcf_fast.ops.fusion import normalise_response
+        from mcf_fast.ops.gdbp import gdbp
+        from mcf_fast.ops.pseudo import find_centres
 
+        cfg = self.detector.config
         raws = [self._raw(s) for s in samples]
         lo = min(float(r.min()) for r in raws)
         hi = max(float(r.max()) for r in raws)
         state: dict[str, Any] = {"response_range": [lo, hi]}
+        if not self._uses_colour() or hi <= lo:
+            return state
         nuc, bg = [], []
-        cfg = self.detector.config
         for rgb, raw in zip(samples, raws, strict=True):
-            sn = normalise_response(raw) if hi <= lo else (raw - lo) / np.float32(hi - lo)
-            c = self._centres(sn)
+            sn = ((raw - np.float32(lo)) * np.float32(1.0 / (hi - lo))).astype(np.float32)
+            d = gdbp(sn, p=cfg.gdbp_p, q=cfg.gdbp_q)
+            c, sc = find_centres(
+                sn,
+                gdbp=d if cfg.use_gdbp else None,
+                min_distance=cfg.peak_distance,
+                min_score=cfg.min_score,
+            )
+            if len(c) == 0:
+                continue
+            strong = c[sc >= np.median(sc)]
             seeds = np.zeros(sn.shape, bool)
-            if len(c):
-                seeds[c[:, 0], c[:, 1]] = True
-                seeds = ndi.binary_dilation(seeds, structure=np.ones((3, 3), bool))
+            seeds[strong[:, 0], strong[:, 1]] = True
+            seeds = ndi.binary_dilation(seeds, structure=np.ones((3, 3), bool))
+            marks = np.ones(sn.shape, bool)
+            marks[c[:, 0], c[:, 1]] = False
+            far = ndi.distance_transform_edt(marks) > 2.0 * self._radius()
             nuc.append(rgb[seeds])
-            bg.append(rgb[sn < cfg.t1])
+            bg.append(rgb[far])
         rng = np.random.default_rng(0)
         for name, parts in (("nucleus", nuc), ("background", bg)):
             px = np.concatenate(parts) if parts else np.zeros((0, 3), np.uint8)
@@ -326,103 +351,54 @@ class DetectorPredictor:
 
     # -- prediction -----------------------------------------------------------------------
     def _posterior(self, rgb: np.ndarray) -> np.ndarray | None:
-        """Nucleus posterior of the slide-level colour model (fitted on the state's pixels)."""
+        """Nucleus posterior of the slide-level colour model (fitted on the state's pixels),
+        smoothed as the detector smooths its own."""
+        from scipy import ndimage as ndi
+
         from mcf_fast.ops.pseudo import nucleus_posterior
 
         nuc = np.asarray(self.state.get("nucleus_pixels", []), np.uint8).reshape(-1, 3)
         bg = np.asarray(self.state.get("background_pixels", []), np.uint8).reshape(-1, 3)
+        if len(nuc) == 0 or len(bg) == 0:
+            return None
         flat = rgb.reshape(-1, 3)
+        # fit on the sample pixels only, evaluate on this tile's: one long 1-pixel-wide image
         pixels = np.concatenate([flat, nuc, bg])[:, None, :]
         n0, n1 = len(flat), len(flat) + len(nuc)
-        is_nuc = np.zeros(len(pixels), bool)
-        is_bg = np.zeros(len(pixels), bool)
+        is_nuc = np.zeros((len(pixels), 1), bool)
+        is_bg = np.zeros((len(pixels), 1), bool)
         is_nuc[n0:n1] = True
         is_bg[n1:] = True
-        post = nucleus_posterior(pixels, is_nuc[:, None], is_bg[:, None])
-        return None if post is None else post[:n0, 0].reshape(rgb.shape[:2])
+        post = nucleus_posterior(pixels, is_nuc, is_bg)
+        if post is None:
+            return None
+        post = post[:n0, 0].reshape(rgb.shape[:2])
+        sigma = self.detector.config.pseudo_smooth
+        return ndi.gaussian_filter(post, sigma) if sigma > 0 else post
 
-    def _centres(self, sn: np.ndarray) -> np.ndarray:
+    def predict_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from mcf_fast.ops.gdbp import gdbp
-        from mcf_fast.ops.pseudo import find_centres
-
-        cfg = self.detector.config
-        d = gdbp(sn, p=cfg.gdbp_p, q=cfg.gdbp_q)
-        return find_centres(
-            sn,
-            gdbp=d if cfg.use_gdbp else None,
-            min_distance=cfg.peak_distance,
-            min_score=cfg.min_score,
-        )[0]
-
-    def _finish(self, rgb: np.ndarray, sn: np.ndarray, *, colour: np.ndarray | None):
-        """GDBP, centres and the pseudo mask from a normalised response (as detect does)."""
-        from mcf_fast.ops.pseudo import pseudo_mask
+        from mcf_fast.pipeline.detector import postprocess
 
         det = self.detector
         cfg = det.config
-        centres = self._centres(sn)
-        rule = getattr(cfg, "pseudo_rule", "paper")
-        if colour is None or rule == "paper":
-            mask = pseudo_mask(
-                rgb, sn, centres, window=det._window, rule=rule, t1=cfg.t1, ratio=cfg.pseudo_ratio
-            )
-        else:
-            mask = _gated_mask(sn, centres, colour, window=det._window, t1=cfg.t1)
-        return centres, mask
-
-    def predict_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rr = self.state.get("response_range")
         if rr is None or rr[1] <= rr[0]:
-            det = self.detector.detect(rgb)
-            centres, fg = np.asarray(det.centres, np.int64), np.asarray(det.pseudo_mask) == 1
+            res = det.detect(rgb)
+            centres, fg = np.asarray(res.centres, np.int64), np.asarray(res.pseudo_mask) == 1
         else:
             raw = self._raw(rgb)
-            sn = (raw - np.float32(rr[0])) * np.float32(1.0 / (rr[1] - rr[0]))
-            centres, mask = self._finish(rgb, sn.astype(np.float32), colour=self._posterior(rgb))
+            sn = ((raw - np.float32(rr[0])) * np.float32(1.0 / (rr[1] - rr[0]))).astype(np.float32)
+            d = gdbp(sn, p=cfg.gdbp_p, q=cfg.gdbp_q)
+            post = self._posterior(rgb) if self._uses_colour() else None
+            centres, _, mask = postprocess(rgb, sn, d, cfg, window=det._window, posterior=post)
             fg = mask == 1
-        centres = centres.reshape(-1, 2)
+        centres = np.asarray(centres, np.int64).reshape(-1, 2)
         markers = np.zeros(fg.shape, np.int32)
         if len(centres):
             markers[centres[:, 0], centres[:, 1]] = np.arange(1, len(centres) + 1)
         labels = nearest_centre_labels(fg, markers, radius=self.window / 2)
         return associate(labels, centres.astype(np.float64))
-
-
-def _gated_mask(
-    sn: np.ndarray,
-    centres: np.ndarray,
-    post: np.ndarray,
-    *,
-    window: int,
-    t1: float,
-    bg_posterior: float = 0.1,
-    radius_factor: float = 0.3,
-) -> np.ndarray:
-    """The detector's "gated" pseudo mask with a given (slide-level) colour posterior.
-
-    Same rule as :func:`mcf_fast.ops.pseudo.pseudo_mask` (``rule="gated"``): nucleus where
-    the posterior exceeds 0.5 within ``radius_factor * window`` of a centre (pieces holding
-    a centre), background where the posterior is below `bg_posterior` away from centres.
-    """
-    from scipy import ndimage as ndi
-
-    h, w = sn.shape
-    c = np.asarray(centres, np.int64).reshape(-1, 2)
-    out = np.full((h, w), -1, np.int8)
-    radius = max(1.0, radius_factor * window)
-    disc = np.zeros((h, w), bool)
-    if len(c):
-        marks = np.ones((h, w), bool)
-        marks[c[:, 0], c[:, 1]] = False
-        disc = ndi.distance_transform_edt(marks) <= radius
-    fg = disc & (post > 0.5)
-    lab, _ = ndi.label(fg)
-    if len(c):
-        ids = np.unique(lab[c[:, 0], c[:, 1]])
-        fg = np.isin(lab, ids[ids > 0])
-    out[(post < bg_posterior) & ~disc] = 0
-    out[fg] = 1
-    return out
 
 
 class ModelPredictor:

@@ -388,9 +388,11 @@ class MCF:
                             disable=not progress, leave=False)]
                         self_t = [self_targets(p, t2=seg.t2, t3=seg.t3) for p in probs]
                         losses = []
+                        # eq. (6) ignores the uncertain pixels (no unknown_weight here)
                         net = train_unet(imgs, self_t, seg, net=net, steps=seg.self_steps,
                                          loss="confidence", progress=progress, seed=base + 1,
-                                         log=losses, desc=f"round {r + 1}: self-finetune")
+                                         log=losses, desc=f"round {r + 1}: self-finetune",
+                                         unknown_weight=0.0)
                         entry["self_loss"] = _round_summary(losses)
                         entry["self_losses"] = losses
                     probs = [predict_proba(net, im, **predict) for im in tqdm(

@@ -132,3 +132,28 @@ def test_not_a_bundle(tmp_path):
         MCFModel.load(empty_zip)
     with pytest.raises(InputError, match="no such model bundle"):
         MCFModel.load(tmp_path / "missing.mcf")
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_real_detector_fit_and_bundle(monuseg, tmp_path, monkeypatch):
+    """The loop and the bundle with the real filter-bank detector on MoNuSeg crops."""
+    monkeypatch.undo()  # the real detector, not the stand-in
+    from mcf_fast.io.datasets import FolderDataset
+    from mcf_fast.io.templates import select_templates
+
+    train = FolderDataset(monuseg / "train")
+    templates = select_templates(train, n=4, seed=0)
+    images = [train.load_image(n)[:256, :256] for n in train.names[:2]]
+    seg = SegmentationConfig(width=8, depth=3, crop_size=64, batch_size=4, steps=10,
+                             self_steps=5, max_rounds=1)
+    model = MCF(MCFConfig(segmentation=seg)).fit(images, templates, progress=False)
+    assert type(model.detector).__name__ == "Detector"
+    test = FolderDataset(monuseg / "test").load_image(0)[:200, :300]
+    a = model.predict(test)
+    assert a.labels.shape == (200, 300)
+    loaded = MCFModel.load(model.save(tmp_path / "real.mcf"))
+    b = loaded.predict(test)
+    assert np.array_equal(a.probability, b.probability)
+    assert np.array_equal(a.labels, b.labels)
+    assert np.array_equal(a.detected_centres, b.detected_centres)

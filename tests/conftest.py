@@ -34,3 +34,13 @@ def monuseg(shared_data: Path) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`slow` tests are opt-in: they run only when ``-m`` names the marker."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: opt in with `-m slow`")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

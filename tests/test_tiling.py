@@ -294,11 +294,9 @@ def test_detector_tiled_equals_whole_up_to_border_cases(monuseg):
 
 @pytest.mark.slow
 @pytest.mark.data
-def test_detector_tiled_equals_whole_on_2048(monuseg, request):
+def test_detector_tiled_equals_whole_on_2048(monuseg):
     """The acceptance size with the real detector (about a minute on 2 cores): opt in with
     ``-m slow``."""
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("slow: opt in with -m slow")
     _check_detector_tiling(monuseg, 2048, 512)
 
 

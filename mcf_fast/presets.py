@@ -7,7 +7,8 @@
   eq. (5) alone the network, which sees only the clearest background, called 41% of the
   test pixels nucleus (ground truth: 21%) and scored Dice 0.65; with 0.1 it called 22% and
   scored 0.68 (6 train / 4 test tiles, 150 steps); treating unknown pixels fully as
-  background (the "CE" ablation) scored 0.47.
+  background (the "CE" ablation) scored 0.47.  Colour augmentation of the training crops
+  (``augment_colour=0.1``) raised that to 0.76; without synthetic samples it fell to 0.49.
 - ``paper``: the paper's settings (sec. 3; every threshold and detection parameter at its
   default, eq. (5) as written) with a wider U-Net and the longer schedule; meant for a GPU,
   or a CPU with hours to spare.
@@ -29,7 +30,7 @@ PRESETS: dict[str, MCFConfig] = {
         detection=DetectionConfig(),
         segmentation=SegmentationConfig(
             width=16, depth=4, crop_size=128, batch_size=8, steps=300, self_steps=100,
-            lr=2e-3, max_rounds=2, unknown_weight=0.1,
+            lr=2e-3, max_rounds=2, unknown_weight=0.1, augment_colour=0.1,
         ),
     ),
     "paper": MCFConfig(

@@ -205,6 +205,15 @@ class Detector:
         self._filters = filters
 
     # ------------------------------------------------------------------ public API
+    def features(self, image: np.ndarray) -> np.ndarray:
+        """The (H, W, C) float32 features this detector correlates (CN then HOG channels)."""
+        return self._features(image)
+
+    @property
+    def window(self) -> int:
+        """Side in pixels of the pseudo-mask window around each centre (middle-scale size)."""
+        return self._window
+
     def detect(self, image: np.ndarray) -> Detection:
         """Detect nuclei in one image.
 

@@ -221,7 +221,7 @@ class BlobPredictor:
 def _detector_reach(det: Any) -> tuple[int, int]:
     """(halo, nucleus diameter) of a Detector: how far its result at a pixel looks."""
     cfg = det.config
-    window = int(getattr(det, "_window", 0) or det.max_filter_size // 3)
+    window = int(det.window)
     reach = (
         det.max_filter_size // 2  # correlation with the largest (G-folded) filter
         + 2 * cfg.hog_cell
@@ -293,7 +293,7 @@ class DetectorPredictor:
     # -- pieces of Detector.detect ----------------------------------------------------------
     def _raw(self, rgb: np.ndarray) -> np.ndarray:
         det = self.detector
-        return np.asarray(det.fused_response(det._features(rgb)), np.float32)
+        return np.asarray(det.fused_response(det.features(rgb)), np.float32)
 
     def _uses_colour(self) -> bool:
         cfg = self.detector.config
@@ -391,7 +391,7 @@ class DetectorPredictor:
             sn = ((raw - np.float32(rr[0])) * np.float32(1.0 / (rr[1] - rr[0]))).astype(np.float32)
             d = gdbp(sn, p=cfg.gdbp_p, q=cfg.gdbp_q)
             post = self._posterior(rgb) if self._uses_colour() else None
-            centres, _, mask = postprocess(rgb, sn, d, cfg, window=det._window, posterior=post)
+            centres, _, mask = postprocess(rgb, sn, d, cfg, window=det.window, posterior=post)
             fg = mask == 1
         centres = np.asarray(centres, np.int64).reshape(-1, 2)
         markers = np.zeros(fg.shape, np.int32)

@@ -208,6 +208,8 @@ class SegmentationConfig:
     #: weight of unknown pixels, counted as background, in the confidence loss (ours; 0 is
     #: eq. (5), 1 the "CE" ablation)
     unknown_weight: float = 0.0
+    #: learning rate of self-finetuning, relative to lr (ours)
+    self_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         c = "SegmentationConfig"
@@ -235,6 +237,8 @@ class SegmentationConfig:
             _positive_int(c, name, getattr(self, name))
         _check(isinstance(self.min_nucleus_area, int) and self.min_nucleus_area >= 0, c,
                "min_nucleus_area", self.min_nucleus_area, "a non-negative integer")
+        _check(self.self_lr_scale > 0, c, "self_lr_scale", self.self_lr_scale,
+               "a positive number")
         _check(self.residual_template_scale > 0, c, "residual_template_scale",
                self.residual_template_scale, "a positive number")
         _check(self.instance_seeds in ("centres", "distance"), c, "instance_seeds",

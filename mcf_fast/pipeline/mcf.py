@@ -23,6 +23,7 @@ its own seed, so nothing but the round's inputs needs saving.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -389,7 +390,8 @@ class MCF:
                         self_t = [self_targets(p, t2=seg.t2, t3=seg.t3) for p in probs]
                         losses = []
                         # eq. (6) ignores the uncertain pixels (no unknown_weight here)
-                        net = train_unet(imgs, self_t, seg, net=net, steps=seg.self_steps,
+                        self_cfg = dataclasses.replace(seg, lr=seg.lr * seg.self_lr_scale)
+                        net = train_unet(imgs, self_t, self_cfg, net=net, steps=seg.self_steps,
                                          loss="confidence", progress=progress, seed=base + 1,
                                          log=losses, desc=f"round {r + 1}: self-finetune",
                                          unknown_weight=0.0)

@@ -196,8 +196,8 @@ class SegmentationConfig:
     warm_start: bool = True
     #: final mask: p1 > threshold; instances smaller than min_nucleus_area are dropped
     threshold: float = 0.5
-    min_nucleus_area: int = 12
-    #: watershed seeds: "distance" (distance-transform maxima at least 6 px apart) or
+    min_nucleus_area: int = 30
+    #: watershed seeds: "distance" (distance-transform maxima at least 8 px apart) or
     #: "centres" (detected, plus one per unseeded component); "distance" scored higher AJI
     instance_seeds: str = "distance"
     #: inference tile side and test-time flips (ours)

@@ -35,9 +35,9 @@ def instance_labels(
     *,
     centres: np.ndarray | None = None,
     threshold: float = 0.5,
-    min_area: int = 12,
+    min_area: int = 30,
     seeds: str = "centres",
-    min_distance: int = 6,
+    min_distance: int = 8,
 ) -> np.ndarray:
     """Label each nucleus of a probability map with its own id.
 

@@ -410,3 +410,21 @@ def test_model_adapter_pairs_labels_and_needs_a_path_for_workers():
     assert p.halo > 64
     with pytest.raises(InputError, match="bundle path"):
         pickle.dumps(p)
+
+
+def test_cli_slide_through_openslide_matches_tiffslide(slide_image, tmp_path):
+    pytest.importorskip("openslide", reason="the [openslide] extra is not installed")
+    from test_slides import write_page_pyramid
+
+    path = tmp_path / "pages.tif"
+    write_page_pyramid(path, slide_image, mpp=0.5, levels=2)
+    csv = {}
+    for backend in ("tiffslide", "openslide"):
+        out = tmp_path / backend
+        args = ["slide", str(path), "--model", "blob", "--out", str(out), "--tile", str(TILE),
+                "--workers", "0", "--quiet", "--backend", backend]
+        assert main(args) == 0
+        rep = json.loads((out / "report.json").read_text())
+        assert rep["mpp"] == pytest.approx(0.5) and rep["complete"]
+        csv[backend] = (out / "nuclei.csv").read_text()
+    assert csv["openslide"] == csv["tiffslide"] and csv["tiffslide"].count("\n") > 10

@@ -138,18 +138,48 @@ def test_bad_files_raise_clear_errors(tmp_path):
         open_slide(tmp_path / "folder")
 
 
-def test_openslide_backend_is_optional(tmp_path, image):
+def write_page_pyramid(path, img: np.ndarray, *, mpp: float = 0.25, levels: int = 3) -> None:
+    """A pyramid whose levels are consecutive pages (the generic-TIFF layout OpenSlide reads)."""
+    opts = dict(tile=(128, 128), compression="zlib", photometric="rgb", resolutionunit="CENTIMETER")
+    with tifffile.TiffWriter(path) as tw:
+        for k in range(levels):
+            res = 1e4 / (mpp * 2**k)
+            tw.write(img[:: 2**k, :: 2**k], subfiletype=1 if k else 0, resolution=(res, res),
+                     **opts)
+
+
+def test_openslide_missing_gives_a_clear_error(tmp_path, image, monkeypatch):
+    import sys
+
     path = tmp_path / "s.tif"
     write_pyramid(path, image)
-    try:
-        import openslide  # noqa: F401
-    except ImportError:
-        with pytest.raises(InputError, match="openslide"):
-            open_slide(path, backend="openslide")
-    else:  # pragma: no cover - only where the extra is installed
-        r = open_slide(path, backend="openslide")
-        assert isinstance(r, OpenSlideReader)
-        np.testing.assert_array_equal(r.read_region(0, 0, 16, 16), image[:16, :16])
+    monkeypatch.setitem(sys.modules, "openslide", None)  # import fails as when not installed
+    with pytest.raises(InputError, match="openslide"):
+        open_slide(path, backend="openslide").read_region(0, 0, 4, 4)
+
+
+@pytest.mark.parametrize("layout", ["pages", "subifds"])
+def test_openslide_and_tiffslide_read_the_same_pixels(tmp_path, image, layout):
+    pytest.importorskip("openslide", reason="the [openslide] extra is not installed")
+    path = tmp_path / "s.tif"
+    (write_page_pyramid if layout == "pages" else write_pyramid)(path, image)
+    # OpenSlide's generic-TIFF reader takes pyramid levels from top-level pages only; a
+    # SubIFD pyramid is level 0 to it (documented in docs/slides.md)
+    levels = 3 if layout == "pages" else 1
+    for level in range(levels):
+        a = open_slide(path, backend="openslide", level=level)
+        b = open_slide(path, backend="tiffslide", level=level)
+        assert isinstance(a, OpenSlideReader) and isinstance(b, TiffSlideReader)
+        assert a.shape == b.shape and a.downsample == b.downsample
+        assert a.mpp == pytest.approx(b.mpp) and a.mpp == pytest.approx(0.25 * 2**level)
+        ref = image[:: 2**level, :: 2**level]
+        for y, x, h, w in [(0, 0, 16, 16), (5, 7, 40, 50), (0, 0, *a.shape)]:
+            np.testing.assert_array_equal(a.read_region(y, x, h, w), ref[y:y + h, x:x + w])
+    if layout == "subifds":
+        with pytest.raises(InputError, match="level 1 does not exist"):
+            open_slide(path, backend="openslide", level=1)
+    thumb, scale = open_slide(path, backend="openslide").thumbnail(120)
+    np.testing.assert_array_equal(thumb, image[:: int(scale), :: int(scale)])
 
 
 def test_corrupt_tile_raises_on_read_only_there(tmp_path, image):

@@ -264,6 +264,43 @@ def test_ablation_and_sweep_plumbing(dataset, tmp_path, monkeypatch):
     assert (tmp_path / "sweep" / "mcf-n2").is_dir()
 
 
+def test_switches_already_off_and_the_main_template_count_are_not_refitted(
+        dataset, tmp_path, monkeypatch):
+    import dataclasses
+    import types
+
+    import mcf_fast.pipeline.evaluate as ev
+
+    fits = []
+
+    def fake_fit(ctx, config, templates, stain, normalizer, folder):
+        fits.append((config, len(templates), folder))
+        return _FakeModel(config, templates)
+
+    monkeypatch.setattr(ev, "_fit_mcf", fake_fit)
+    fake_module = types.ModuleType("mcf_fast.pipeline.detector")
+    fake_module.Detector = _FakeDetector
+    monkeypatch.setitem(__import__("sys").modules, "mcf_fast.pipeline.detector", fake_module)
+    no_self = dataclasses.replace(
+        TINY, segmentation=dataclasses.replace(TINY.segmentation, use_self_finetune=False))
+    report = run_evaluation(dataset, out=tmp_path, n_templates=2, methods="mcf",
+                            ablation=True, templates_sweep="1,2", config=no_self,
+                            progress=False)
+    # main, -seg., -syn., CE, +weig., n=1: "-self." and n=2 are the main fit
+    assert [f for _, _, f in fits] == ["mcf", "ablation/mcf-no-seg", "ablation/mcf-no-syn",
+                                       "ablation/mcf-ce", "ablation/mcf-plus-weig",
+                                       "sweep/mcf-n1"]
+    runs = {(r["section"], r["variant"]): r for r in report["runs"]}
+    main = runs[("main", "")]
+    for key in (("ablation-segmentation", "-self."), ("sweep", "n=2")):
+        assert runs[key]["same_as_main"] is True
+        assert runs[key]["aggregate"] == main["aggregate"]
+        assert runs[key]["pred_dir"] == main["pred_dir"]
+    assert "same_as_main" not in runs[("sweep", "n=1")]
+    md = (tmp_path / "results.md").read_text()
+    assert "= MCF row" in md and "= main run" in md
+
+
 @pytest.mark.slow
 @needs_mcf
 @needs_detector

@@ -196,10 +196,12 @@ class SegmentationConfig:
     warm_start: bool = True
     #: final mask: p1 > threshold; instances smaller than min_nucleus_area are dropped
     threshold: float = 0.5
-    min_nucleus_area: int = 30
-    #: watershed seeds: "distance" (distance-transform maxima at least 8 px apart) or
-    #: "centres" (detected, plus one per unseeded component); "distance" scored higher AJI
-    instance_seeds: str = "distance"
+    min_nucleus_area: int = 50
+    #: watershed seeds: "hmaxima" (h-maxima of the distance transform, height instance_h),
+    #: "distance" (distance-transform maxima at least 8 px apart) or "centres" (detected,
+    #: plus one per unseeded component); see mcf_fast.pipeline.instances for the comparison
+    instance_seeds: str = "hmaxima"
+    instance_h: float = 1.0
     #: inference tile side and test-time flips (ours)
     tile: int = 1024
     tta_flips: bool = False
@@ -241,8 +243,9 @@ class SegmentationConfig:
                "a positive number")
         _check(self.residual_template_scale > 0, c, "residual_template_scale",
                self.residual_template_scale, "a positive number")
-        _check(self.instance_seeds in ("centres", "distance"), c, "instance_seeds",
-               self.instance_seeds, "'centres' or 'distance'")
+        _check(self.instance_seeds in ("centres", "distance", "hmaxima"), c,
+               "instance_seeds", self.instance_seeds, "'centres', 'distance' or 'hmaxima'")
+        _check(self.instance_h > 0, c, "instance_h", self.instance_h, "a positive number")
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@
   default, eq. (5) as written) with a wider U-Net and the longer schedule; meant for a GPU,
   or a CPU with hours to spare.
 
-These choices (and the instance-labelling defaults, ``min_nucleus_area`` = 30 and seeds 8 px
-apart) were compared on 6 train and 4 test tiles, so those 4 test tiles are not strictly
-held out for them; a re-check on a train-split hold-out is the cleaner protocol.
+These choices were compared on 6 train and 4 test tiles, so those 4 test tiles are not
+strictly held out for them; a re-check on a train-split hold-out is the cleaner protocol.
+The instance-labelling defaults (h-maxima seeds, ``min_nucleus_area`` = 50) were chosen on
+the 30 train images only (see :mod:`mcf_fast.pipeline.instances`).
 
 Calibration of ``quick`` on the 2-core development CPU with one torch thread: a training
 step (8 crops of 128x128) costs about 0.53 s of CPU, detection about 5-6 s per 1000x1000

@@ -204,6 +204,29 @@ def test_instances_distance_seeds_split_and_min_area():
     assert set(np.unique(lab)) == {0, 1, 2}
 
 
+def test_instances_hmaxima_split_touching_keep_one_and_drop_specks():
+    p, a, b = _two_touching()
+    p[2:4, 50:52] = 1.0  # a 4-pixel speck
+    lab = instance_labels(p, seeds="hmaxima", min_area=12)
+    assert set(np.unique(lab)) == {0, 1, 2}
+    assert lab[20, 20] != lab[20, 37] and lab[2, 50] == 0
+    # each half lands mostly in its own instance
+    for half in (a & ~b, b & ~a):
+        ids, counts = np.unique(lab[half], return_counts=True)
+        assert counts.max() >= 0.95 * half.sum()
+    # a single disc stays whole
+    yy, xx = np.mgrid[:40, :60]
+    disc = ((yy - 20) ** 2 + (xx - 25) ** 2 <= 120).astype(np.float32)
+    assert instance_labels(disc, seeds="hmaxima").max() == 1
+    # two unequal discs: split while the smaller one's peak stands h above the neck
+    pair = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 100) | ((yy - 20) ** 2 + (xx - 35) ** 2 <= 64)
+    counts = [instance_labels(pair.astype(np.float32), seeds="hmaxima", min_area=12,
+                              h=h).max() for h in (0.5, 1.0, 2.0, 5.0)]
+    assert counts == [2, 2, 1, 1]
+    # a speck of min_area or more survives, as its own instance
+    assert instance_labels(p, seeds="hmaxima", min_area=4).max() == 3
+
+
 def test_instances_empty_and_bad_input():
     assert instance_labels(np.zeros((5, 5))).max() == 0
     with pytest.raises(InputError):

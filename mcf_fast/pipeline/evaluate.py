@@ -444,7 +444,7 @@ def _run_supervised(ctx: _Context, *, stain: str, normalizer: Any,
     def predict(i: int, image: np.ndarray) -> tuple[np.ndarray, None]:
         p1 = predict_proba(net, image, device=seg.device, tile=seg.tile, flips=seg.tta_flips)
         labels = instance_labels(p1, threshold=seg.threshold, min_area=seg.min_nucleus_area,
-                                 seeds="distance")
+                                 seeds=seg.instance_seeds, h=seg.instance_h)
         return labels, None
 
     res = _score_and_write(ctx, folder=folder, predict=predict,

@@ -1,10 +1,18 @@
 """From a nucleus probability map and detected centres to one label per nucleus.
 
 The binary mask is ``probability > threshold`` with holes filled.  Each connected component
-is split by a watershed of its distance transform, seeded either by the detected centres
+is split by a watershed of its distance transform, seeded by the detected centres
 that fall inside it (``seeds="centres"``; a component no centre falls in gets one seed at its
-distance maximum) or by the maxima of the distance transform (``seeds="distance"``).
-Instances smaller than ``min_area`` pixels are dropped.
+distance maximum), by the maxima of the smoothed distance transform at least
+``min_distance`` apart (``seeds="distance"``), or by its h-maxima: the plateaus that stand at
+least ``h`` pixels above every path to a higher one (``seeds="hmaxima"``, the default of
+:class:`~mcf_fast.config.SegmentationConfig`).  Small components are dropped before the
+split and instances smaller than ``min_area`` pixels after it.
+
+On the 30 MoNuSeg train images (probability maps of a ``quick`` model; the train masks were
+used for this choice only), h-maxima against distance maxima 8 px apart: AJI 0.401 vs 0.399,
+F1@12 0.738 vs 0.733, PQ 0.328 vs 0.323; a ``min_area`` of 50 rather than 30 added 0.015
+F1@12 and 0.018 PQ for -0.002 Dice (``benchmarks/eval_instances.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +23,10 @@ from skimage.segmentation import watershed
 
 from mcf_fast.errors import InputError
 
-__all__ = ["TABLE_DTYPE", "instance_labels", "nucleus_table"]
+__all__ = ["SEED_MODES", "TABLE_DTYPE", "instance_labels", "nucleus_table"]
+
+#: the watershed seeds :func:`instance_labels` knows
+SEED_MODES = ("centres", "distance", "hmaxima")
 
 #: one row per nucleus: its id in the label image, centroid (y, x), area in pixels and mean
 #: grey intensity (0..255, ITU-R BT.601 luma) of the image inside it
@@ -38,6 +49,7 @@ def instance_labels(
     min_area: int = 30,
     seeds: str = "centres",
     min_distance: int = 8,
+    h: float = 1.0,
 ) -> np.ndarray:
     """Label each nucleus of a probability map with its own id.
 
@@ -51,10 +63,12 @@ def instance_labels(
         Foreground is ``probability > threshold``.
     min_area : int
         Instances with fewer pixels are removed.
-    seeds : {"centres", "distance"}
-        Watershed seeds: detected centres or distance-transform maxima.
+    seeds : {"centres", "distance", "hmaxima"}
+        Watershed seeds: detected centres, distance-transform maxima or h-maxima.
     min_distance : int
-        Smallest distance between two distance-transform seeds.
+        Smallest distance between two distance-transform seeds (``"distance"``).
+    h : float
+        Least height, in pixels of distance, of an h-maximum (``"hmaxima"``).
 
     Returns
     -------
@@ -69,9 +83,11 @@ def instance_labels(
     p = np.asarray(probability)
     if p.ndim != 2:
         raise InputError(f"probability: expected a 2-D map, got shape {p.shape}")
-    if seeds not in ("centres", "distance"):
-        raise InputError(f"seeds = {seeds!r}: expected 'centres' or 'distance'")
+    if seeds not in SEED_MODES:
+        raise InputError(f"seeds = {seeds!r}: expected one of {SEED_MODES}")
     mask = ndimage.binary_fill_holes(p > threshold)
+    if seeds == "hmaxima":
+        return _hmaxima_split(mask, h=h, min_area=min_area)
     comps, n = ndimage.label(mask)
     if n == 0:
         return np.zeros(p.shape, np.int32)
@@ -108,6 +124,27 @@ def instance_labels(
             for y, x in ndimage.maximum_position(dist, comps, missing):
                 peaks[y, x] = True
         markers, _ = ndimage.label(peaks, structure=np.ones((3, 3), bool))
+    labels = watershed(-dist, markers, mask=mask).astype(np.int32)
+    return _relabel(labels, min_area)
+
+
+def _hmaxima_split(mask: np.ndarray, *, h: float, min_area: int) -> np.ndarray:
+    from skimage.morphology import h_maxima
+
+    mask = _relabel(ndimage.label(mask)[0], min_area) > 0
+    comps, n = ndimage.label(mask)
+    if n == 0:
+        return np.zeros(mask.shape, np.int32)
+    dist = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask), 1.0)
+    peaks = h_maxima(dist, h).astype(bool) & mask
+    markers, m = ndimage.label(peaks, structure=np.ones((3, 3), bool))
+    # a component without an h-maximum (thin or tiny) still gets one seed
+    has = np.zeros(n + 1, bool)
+    has[comps[markers > 0]] = True
+    missing = np.nonzero(~has[1:])[0] + 1
+    if missing.size:
+        at = np.asarray(ndimage.maximum_position(dist, comps, missing), np.intp).reshape(-1, 2)
+        markers[at[:, 0], at[:, 1]] = m + 1 + np.arange(len(at), dtype=np.int32)
     labels = watershed(-dist, markers, mask=mask).astype(np.int32)
     return _relabel(labels, min_area)
 

@@ -575,7 +575,8 @@ class MCFModel:
             prob = np.asarray(det.response, np.float32)
             fg = (np.asarray(det.pseudo_mask) == 1).astype(np.float32)
         labels = instance_labels(fg, centres=centres, threshold=seg.threshold,
-                                 min_area=seg.min_nucleus_area, seeds=seg.instance_seeds)
+                                 min_area=seg.min_nucleus_area, seeds=seg.instance_seeds,
+                                 h=seg.instance_h)
         table = nucleus_table(labels, img)
         return Prediction(
             probability=prob.astype(np.float32, copy=False),

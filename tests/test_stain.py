@@ -136,6 +136,85 @@ def test_errors():
         normalizer_from_dict({**d, "method": "magic"})
 
 
+def test_fixed_source_from_the_same_image_equals_per_image():
+    ref, _ = two_stain_image(H_REF, E_REF, seed=10)
+    src, _ = two_stain_image(H_ALT, E_ALT, seed=11, scale=0.7)
+    norm = StainNormalizer("macenko").fit(ref)
+    state = json.loads(json.dumps(norm.source_state([src])))
+    assert state["method"] == "macenko"
+    assert np.shape(state["stain_matrix"]) == (2, 3)
+    assert np.shape(state["max_concentrations"]) == (2,)
+    np.testing.assert_array_equal(norm.transform(src, source=state), norm.transform(src))
+
+
+def test_fixed_source_transforms_overlapping_crops_alike():
+    ref, _ = two_stain_image(H_REF, E_REF, seed=12)
+    faint, _ = two_stain_image(H_ALT, E_ALT, seed=13, scale=0.5)
+    dark, _ = two_stain_image(H_ALT, E_ALT, seed=14, scale=1.5)
+    slide = np.concatenate([faint, dark], axis=1)  # 96 x 192: a faint half, a dark half
+    a, b = slide[:, :128], slide[:, 96:]  # overlap: slide columns 96..128
+    norm = StainNormalizer("macenko").fit(ref)
+    state = norm.source_state([a, b])
+    fa, fb = norm.transform(a, source=state), norm.transform(b, source=state)
+    np.testing.assert_array_equal(fa[:, 96:], fb[:, :32])
+    # per-image estimates differ between the crops, and so does the shared part's output
+    pa, pb = norm.transform(a), norm.transform(b)
+    assert np.abs(pa[:, 96:].astype(int) - pb[:, :32].astype(int)).max() > 5
+    # the fixed source still maps the stains onto the reference's
+    got = macenko_stain_matrix(norm.transform(slide, source=state), angle_percentile=0.5)
+    assert got[0] @ _unit(H_REF) > 0.99 and got[1] @ _unit(E_REF) > 0.99
+
+
+def test_source_state_pools_pixels_and_subsamples():
+    a, _ = two_stain_image(H_ALT, E_ALT, size=64, seed=15, scale=0.6)
+    b, _ = two_stain_image(H_ALT, E_ALT, size=48, seed=16, scale=1.3)
+    norm = StainNormalizer("macenko")  # the source side needs no reference
+    pooled = np.concatenate([a.reshape(-1, 3), b.reshape(-1, 3)]).reshape(-1, 1, 3)
+    assert norm.source_state([a, b]) == norm.source_state([pooled])
+    full = norm.source_state([a, b])
+    sub = norm.source_state((a, b), max_pixels=3000)
+    assert sub == norm.source_state([a, b], max_pixels=3000)  # a fixed subsample
+    assert sub != full
+    for i in range(2):
+        assert np.dot(sub["stain_matrix"][i], full["stain_matrix"][i]) > 0.99
+    np.testing.assert_allclose(sub["max_concentrations"], full["max_concentrations"], rtol=0.1)
+
+
+def test_fixed_source_on_a_blank_image_keeps_it_white():
+    ref, _ = two_stain_image(H_REF, E_REF, seed=17)
+    norm = StainNormalizer("macenko").fit(ref)
+    white = np.full((16, 16, 3), 255, np.uint8)
+    np.testing.assert_array_equal(norm.transform(white, source=norm.source_state([ref])), white)
+
+
+def test_source_errors():
+    ref, _ = two_stain_image(H_REF, E_REF, seed=18)
+    norm = StainNormalizer("macenko").fit(ref)
+    with pytest.raises(InputError, match="images: expected a sequence"):
+        norm.source_state(ref)
+    with pytest.raises(InputError, match="images: expected at least one"):
+        norm.source_state([])
+    with pytest.raises(InputError, match=r"images\[1\]"):
+        norm.source_state([ref, np.zeros((4, 4, 5), np.uint8)])
+    with pytest.raises(InputError, match="images: .*too little tissue"):
+        norm.source_state([np.full((32, 32, 3), 255, np.uint8)])
+    with pytest.raises(InputError, match="max_pixels"):
+        norm.source_state([ref], max_pixels=10)
+    state = norm.source_state([ref])
+    with pytest.raises(InputError, match="source: expected a dict"):
+        norm.transform(ref, source=[[1, 0, 0]])
+    with pytest.raises(InputError, match="source: missing key 'max_concentrations'"):
+        norm.transform(ref, source={"stain_matrix": state["stain_matrix"]})
+    with pytest.raises(InputError, match=r"source: expected a finite \(2, 3\)"):
+        norm.transform(ref, source={**state, "stain_matrix": [[1, 0, 0]]})
+    with pytest.raises(InputError, match="positive"):
+        norm.transform(ref, source={**state, "max_concentrations": [1.0, 0.0]})
+    with pytest.raises(InputError, match="source: estimated with method 'vahadane'"):
+        norm.transform(ref, source={**state, "method": "vahadane"})
+    with pytest.raises(InputError, match="fit"):
+        StainNormalizer("macenko").transform(ref, source=state)
+
+
 def test_auto_picks_what_is_installed():
     expected = "vahadane" if staintools_available() else "macenko"
     assert StainNormalizer("auto").method == expected
@@ -159,3 +238,15 @@ def test_vahadane_through_staintools():
     loaded = normalizer_from_dict(json.loads(json.dumps(norm.to_dict())))
     assert loaded.method == "vahadane"
     np.testing.assert_array_equal(loaded.stain_matrix, norm.stain_matrix)
+
+
+@pytest.mark.skipif(not staintools_available(), reason="optional [stain] extra not installed")
+def test_vahadane_fixed_source():
+    ref, _ = two_stain_image(H_REF, E_REF, size=64, seed=19)
+    src, _ = two_stain_image(H_ALT, E_ALT, size=64, seed=20)
+    norm = StainNormalizer("vahadane").fit(ref)
+    state = json.loads(json.dumps(norm.source_state([src[:, :40], src[:, 24:]])))
+    assert state["method"] == "vahadane" and np.shape(state["stain_matrix"]) == (2, 3)
+    a = norm.transform(src[:, :40], source=state)
+    b = norm.transform(src[:, 24:], source=state)
+    np.testing.assert_array_equal(a[:, 24:], b[:, :16])

@@ -20,11 +20,19 @@ an image separates its own stains, rescales its concentrations so that their max
 the reference's and recombines them with the reference's stain matrix.  Both fitted arrays
 round-trip through :meth:`StainNormalizer.to_dict` / :func:`normalizer_from_dict`, so a model
 bundle can record the normaliser it was fitted with.
+
+The *source* side (the image's own stain matrix and maximum concentrations) is estimated
+per image by default.  On the tiles of one slide that gives each tile its own estimate:
+unstable on tiles with little tissue, and colour jumps between neighbours.
+:meth:`StainNormalizer.source_state` estimates it once from the pooled pixels of several
+images (a JSON-ready dict), and ``transform(image, source=state)`` uses that fixed source
+instead of estimating one per image.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -46,6 +54,8 @@ FORMAT_VERSION = 1
 METHODS = ("auto", "vahadane", "macenko")
 #: fewest tissue pixels from which stain vectors are estimated
 MIN_TISSUE_PIXELS = 100
+#: most pooled pixels :meth:`StainNormalizer.source_state` estimates from (a fixed subsample)
+MAX_SOURCE_PIXELS = 2_000_000
 
 
 def staintools_available() -> bool:
@@ -266,33 +276,153 @@ class StainNormalizer:
         self.max_concentrations = self._max_conc(conc)
         return self
 
-    def transform(self, image: np.ndarray) -> np.ndarray:
+    def source_state(
+        self, images: Sequence[np.ndarray], *, max_pixels: int = MAX_SOURCE_PIXELS
+    ) -> dict[str, Any]:
+        """Estimate the source stains once, from the pooled pixels of several images.
+
+        The stain matrix and maximum concentrations that :meth:`transform` would estimate
+        per image, estimated instead from all pixels of `images` together (e.g. a few tissue
+        tiles of one slide), so that every image can be transformed with the same source.
+
+        Parameters
+        ----------
+        images : sequence of ndarray, shape (H, W, 3)
+            Any images :func:`~mcf_fast.io.images.as_rgb_uint8` accepts; their sizes may
+            differ.
+        max_pixels : int
+            When the images hold more pixels, a fixed random subsample of this many (seed 0,
+            in pixel order) is used.
+
+        Returns
+        -------
+        dict
+            ``{"method", "stain_matrix" (2 x 3 list), "max_concentrations" (2 list)}``,
+            JSON-ready; pass it to ``transform(image, source=...)``.  Estimated from one
+            image, ``transform(image, source=state)`` equals ``transform(image)``.
+
+        Raises
+        ------
+        InputError
+            If `images` is not a non-empty sequence of RGB images, `max_pixels` is below
+            ``MIN_TISSUE_PIXELS``, or the pooled pixels hold too little tissue.
+
+        Examples
+        --------
+        >>> src = norm.source_state([tile_a, tile_b, tile_c])     # doctest: +SKIP
+        >>> out = norm.transform(tile_d, source=src)              # doctest: +SKIP
+        """
+        if isinstance(images, (np.ndarray, str, bytes)) or not isinstance(images, Sequence):
+            raise InputError(
+                "images: expected a sequence (list or tuple) of RGB images, got "
+                f"{type(images).__name__}"
+            )
+        if len(images) == 0:
+            raise InputError("images: expected at least one image, got an empty sequence")
+        if (
+            isinstance(max_pixels, bool)
+            or not isinstance(max_pixels, (int, np.integer))
+            or max_pixels < MIN_TISSUE_PIXELS
+        ):
+            raise InputError(
+                f"max_pixels = {max_pixels!r}: expected an integer >= {MIN_TISSUE_PIXELS}"
+            )
+        pixels = np.concatenate(
+            [as_rgb_uint8(im, name=f"images[{i}]").reshape(-1, 3) for i, im in enumerate(images)]
+        )
+        if len(pixels) > max_pixels:
+            keep = np.random.default_rng(0).choice(len(pixels), int(max_pixels), replace=False)
+            pixels = pixels[np.sort(keep)]
+        pooled = np.ascontiguousarray(pixels.reshape(-1, 1, 3))  # one tall 1-pixel-wide image
+        try:
+            stains = self._stains(pooled)
+        except InputError as exc:
+            raise InputError(
+                f"images: the {len(images)} image(s) hold too little tissue to estimate the "
+                f"source stains ({exc})"
+            ) from exc
+        conc = self._concentrations(pooled, stains)
+        return {
+            "method": self.method,
+            "stain_matrix": np.asarray(stains, np.float64).tolist(),
+            "max_concentrations": self._max_conc(conc).tolist(),
+        }
+
+    def _check_source(self, source: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The (stain matrix, max concentrations) of a :meth:`source_state` dict."""
+        if not isinstance(source, dict):
+            raise InputError(
+                "source: expected a dict from StainNormalizer.source_state(), got "
+                f"{type(source).__name__}"
+            )
+        method = source.get("method", self.method)
+        if method != self.method:
+            raise InputError(
+                f"source: estimated with method {method!r}, but this normaliser uses "
+                f"{self.method!r}; estimate it with this normaliser's source_state()"
+            )
+        try:
+            stains = np.asarray(source["stain_matrix"], dtype=np.float64)
+            maxc = np.asarray(source["max_concentrations"], dtype=np.float64)
+        except KeyError as exc:
+            raise InputError(
+                f"source: missing key {exc}; expected 'stain_matrix' and 'max_concentrations' "
+                "(from StainNormalizer.source_state())"
+            ) from None
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                f"source: stain_matrix / max_concentrations are not numeric ({exc})"
+            ) from exc
+        if (
+            stains.shape != (2, 3)
+            or maxc.shape != (2,)
+            or not (np.all(np.isfinite(stains)) and np.all(np.isfinite(maxc)))
+            or not np.all(maxc > 0)
+        ):
+            raise InputError(
+                "source: expected a finite (2, 3) stain_matrix and (2,) positive "
+                f"max_concentrations, got shapes {stains.shape} and {maxc.shape}"
+            )
+        return stains, maxc
+
+    def transform(self, image: np.ndarray, source: dict[str, Any] | None = None) -> np.ndarray:
         """Re-render an image with the reference's stains.
 
         Parameters
         ----------
         image : ndarray, shape (H, W, 3)
+        source : dict, optional
+            A fixed source from :meth:`source_state`: its stain matrix separates the image's
+            stains and its maximum concentrations are mapped onto the reference's, with no
+            per-image estimate (so the same pixel gives the same output in every image).
+            None estimates both from `image` itself.
 
         Returns
         -------
         ndarray, shape (H, W, 3), uint8
-            An image with almost no tissue (too few pixels to separate its stains) is
-            returned unchanged.
+            Without `source`, an image with almost no tissue (too few pixels to separate its
+            stains) is returned unchanged; with `source`, every image is transformed.
 
         Raises
         ------
         InputError
-            If the normaliser is not fitted, or for a bad image.
+            If the normaliser is not fitted, for a bad image, or for a `source` that is not
+            a :meth:`source_state` dict of this method.
         """
         if not self.fitted:
             raise InputError("StainNormalizer.transform: call fit() (or load a fitted one) first")
         img = as_rgb_uint8(image, name="image")
-        try:
-            stains = self._stains(img)
-        except InputError:
-            return img.copy()
-        conc = self._concentrations(img, stains)
-        conc *= self.max_concentrations / self._max_conc(conc)
+        if source is not None:
+            stains, src_max = self._check_source(source)
+            conc = self._concentrations(img, stains)
+        else:
+            try:
+                stains = self._stains(img)
+            except InputError:
+                return img.copy()
+            conc = self._concentrations(img, stains)
+            src_max = self._max_conc(conc)
+        conc *= self.max_concentrations / src_max
         od = conc @ self.stain_matrix
         out = 255.0 * np.exp(-od)
         return np.clip(np.round(out), 0, 255).astype(np.uint8).reshape(img.shape)

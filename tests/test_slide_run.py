@@ -428,3 +428,253 @@ def test_cli_slide_through_openslide_matches_tiffslide(slide_image, tmp_path):
         assert rep["mpp"] == pytest.approx(0.5) and rep["complete"]
         csv[backend] = (out / "nuclei.csv").read_text()
     assert csv["openslide"] == csv["tiffslide"] and csv["tiffslide"].count("\n") > 10
+
+
+# ------------------------------------------------------------------ model bundles, calibrated
+class NoDetector:
+    """A detector stand-in that must never run (h-maxima seeds need no detector)."""
+
+    window = 24
+    max_filter_size = 25
+
+    def __init__(self, templates, config=None, *, device="cpu"):
+        self.templates, self.config = templates, config
+
+    @classmethod
+    def load(cls, templates, bank_path, config=None, **_):
+        return cls(templates, config)
+
+    def detect(self, image):
+        raise AssertionError("the detector ran")
+
+
+@pytest.fixture(scope="module")
+def tiny_fit():
+    """A tiny model fitted on stain-normalised disks: (config, templates, net, stain, image)."""
+    import torch
+    from seg_fakes import PURPLE, ColourDetector, disk_image, grid_centres, make_templates
+
+    import mcf_fast.pipeline.mcf as mcf_mod
+    from mcf_fast.config import MCFConfig, SegmentationConfig
+    from mcf_fast.ops.stain import StainNormalizer
+    from mcf_fast.pipeline.mcf import MCF
+
+    centres = grid_centres(96, 96, 20, 10)
+    img, _ = disk_image(96, 96, centres, 6, [PURPLE] * len(centres), seed=3)
+    stain = StainNormalizer("macenko").fit(img)
+    seg = SegmentationConfig(
+        width=8,
+        depth=2,
+        crop_size=32,
+        batch_size=4,
+        steps=15,
+        self_steps=0,
+        lr=1e-2,
+        max_rounds=1,
+        min_nucleus_area=10,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(mcf_mod, "_detector_cls", lambda: ColourDetector)
+            model = MCF(MCFConfig(segmentation=seg)).fit(
+                [img], make_templates(img, [(10, 10)]), stain=stain, progress=False
+            )
+    finally:
+        torch.set_num_threads(threads)
+    return model.config, model.templates, model.net, stain, img
+
+
+def _model(tiny_fit, detector=None, *, seeds="hmaxima", net=True):
+    from dataclasses import replace as dc_replace
+
+    from mcf_fast.pipeline.mcf import MCFModel
+
+    config, templates, trained, stain, _ = tiny_fit
+    config = dc_replace(config, segmentation=dc_replace(config.segmentation, instance_seeds=seeds))
+    det = detector if detector is not None else NoDetector(templates, config.detection)
+    return MCFModel(config, templates, det, trained if net else None, stain=stain)
+
+
+def _tinted(img):
+    """The fitted image, bluer and darker on its right half: stain estimates differ per tile."""
+    out = img.astype(np.float64)
+    out[:, 48:] *= np.array([0.8, 0.85, 1.0])
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def test_calibrated_model_with_hmaxima_seeds_never_runs_the_detector(tiny_fit):
+    from mcf_fast.models.train import predict_proba
+    from mcf_fast.pipeline.instances import instance_labels
+    from mcf_fast.pipeline.slide import ModelPredictor
+
+    model = _model(tiny_fit)
+    seg = model.config.segmentation
+    img = _tinted(tiny_fit[4])
+    p = ModelPredictor(model, halo=40)
+    state = p.calibration([img[:, :64], img[:, 32:]])
+    assert set(state) == {"instance_seeds", "stain_source"}  # no detector calibration
+    state = json.loads(json.dumps(state))
+    cal = p.calibrated(state)
+    assert cal.halo == 40 and "calibrated" in repr(cal)
+    tile = img[:, 20:90]
+    labels, centres = cal.predict_tile(tile)
+    norm = model.stain.transform(tile, source=state["stain_source"])
+    prob = predict_proba(model.net, norm, device="cpu", tile=seg.tile, flips=seg.tta_flips)
+    expected = instance_labels(
+        prob,
+        threshold=seg.threshold,
+        min_area=seg.min_nucleus_area,
+        seeds=seg.instance_seeds,
+        h=seg.instance_h,
+    )
+    assert expected.max() >= 5
+    np.testing.assert_array_equal(labels, expected)
+    assert len(centres) == expected.max()
+    # uncalibrated, the adapter is MCFModel.predict, which runs the detector
+    with pytest.raises(AssertionError, match="detector ran"):
+        p.predict_tile(tile)
+    # overlapping tiles see the same normalised pixels
+    a = cal._normalise(img[:, :64], state["stain_source"])
+    b = cal._normalise(img[:, 32:], state["stain_source"])
+    np.testing.assert_array_equal(a[:, 32:], b[:, :32])
+
+
+def test_calibrated_model_with_centre_seeds_uses_the_calibrated_detector(tiny_fit):
+    from mcf_fast.config import DetectionConfig
+    from mcf_fast.models.train import predict_proba
+    from mcf_fast.pipeline.detector import Detector
+    from mcf_fast.pipeline.instances import instance_labels
+    from mcf_fast.pipeline.slide import DetectorPredictor, ModelPredictor
+
+    templates, img = tiny_fit[1], _tinted(tiny_fit[4])
+    det = Detector(
+        templates,
+        DetectionConfig(n_scales=3, scale_range=(0.9, 1.1), min_score=0.5, peak_distance=4),
+    )
+    model = _model(tiny_fit, det, seeds="centres")
+    seg = model.config.segmentation
+    p = ModelPredictor(model)
+    assert p.halo > 64
+    state = json.loads(json.dumps(p.calibration([img[:, :64], img[:, 32:]])))
+    assert set(state) == {"instance_seeds", "stain_source", "detector"}
+    assert state["detector"]["response_range"][1] > state["detector"]["response_range"][0]
+    labels, _ = p.calibrated(state).predict_tile(img)
+    norm = model.stain.transform(img, source=state["stain_source"])
+    centres, _ = DetectorPredictor(det, state=state["detector"]).detect(norm)
+    assert len(centres) >= 5
+    prob = predict_proba(model.net, norm, device="cpu", tile=seg.tile, flips=seg.tta_flips)
+    expected = instance_labels(
+        prob,
+        centres=centres,
+        threshold=seg.threshold,
+        min_area=seg.min_nucleus_area,
+        seeds="centres",
+    )
+    np.testing.assert_array_equal(labels, expected)
+    # without a network the labels come from the detector's calibrated pseudo mask
+    bare = ModelPredictor(_model(tiny_fit, det, seeds="hmaxima", net=False))
+    bstate = bare.calibration([img])
+    assert "detector" in bstate
+    blabels, bcentres = bare.calibrated(bstate).predict_tile(img)
+    assert blabels.max() == len(bcentres) > 0
+
+
+def test_model_calibration_errors(tiny_fit):
+    from mcf_fast.errors import InputError
+    from mcf_fast.pipeline.slide import ModelPredictor
+
+    p = ModelPredictor(_model(tiny_fit), halo=40)
+    with pytest.raises(InputError, match="samples"):
+        p.calibration([])
+    with pytest.raises(InputError, match="state: expected a dict"):
+        p.calibrated([1, 2])
+    with pytest.raises(InputError, match="instance_seeds 'centres'.*'hmaxima'"):
+        p.calibrated({"instance_seeds": "centres"})
+    with pytest.raises(InputError, match=r"state\['stain_source'\]"):
+        p.calibrated({"instance_seeds": "hmaxima", "stain_source": [1]})
+    with pytest.raises(InputError, match="source"):
+        p.calibrated({"instance_seeds": "hmaxima", "stain_source": {"x": 1}}).predict_tile(
+            tiny_fit[4]
+        )
+    # a blank sample: no slide-level stain source, tiles are normalised one by one
+    state = p.calibration([np.full((32, 32, 3), 255, np.uint8)])
+    assert state == {"instance_seeds": "hmaxima"}
+
+
+@pytest.fixture
+def tiny_bundle(tiny_fit, tmp_path, monkeypatch):
+    """The tiny model saved as a bundle; loading it here gives a NoDetector."""
+    import mcf_fast.pipeline.mcf as mcf_mod
+
+    monkeypatch.setattr(mcf_mod, "_detector_cls", lambda: NoDetector)
+    return _model(tiny_fit).save(tmp_path / "tiny.mcf")
+
+
+def test_calibrated_bundle_travels_to_workers_with_its_state(tiny_fit, tiny_bundle):
+    import pickle
+
+    from mcf_fast.pipeline.slide import ModelPredictor, PredictorSpec, load_predictor
+
+    img = _tinted(tiny_fit[4])
+    p = load_predictor(tiny_bundle)
+    assert isinstance(p, ModelPredictor) and p.source == str(tiny_bundle)
+    state = json.loads(json.dumps(p.calibration([img[:, :64], img[:, 32:]])))
+    cal = p.calibrated(state)
+    clone = pickle.loads(pickle.dumps(cal))
+    assert clone.state == state and clone.halo == cal.halo
+    built = PredictorSpec(str(tiny_bundle), state).build()
+    assert built.state == state
+    a = cal.predict_tile(img)
+    for other in (clone, built):
+        b = other.predict_tile(img)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_slide_run_calibrates_a_bundle_once_for_every_tile(tiny_fit, tiny_bundle, tmp_path):
+    import zarr
+
+    from mcf_fast.pipeline.slide import ModelPredictor
+
+    img = _tinted(np.concatenate([tiny_fit[4], tiny_fit[4]], axis=1))  # 96 x 192
+    out = tmp_path / "run"
+    report = run_slide(
+        img,
+        tiny_bundle,
+        out,
+        tile=48,
+        workers=0,
+        progress=False,
+        skip_background=False,
+        n_calibration=3,
+    )
+    assert report.complete and report.n_processed == 8 and report.n_nuclei >= 20
+    run = json.loads((out / "run.json").read_text())
+    assert set(run["calibration"]) == {"instance_seeds", "stain_source"}
+    assert report.calibration["instance_seeds"] == "hmaxima"
+    # the run's tiles equal the in-memory tiling with the calibration from run.json
+    pred = ModelPredictor(_model(tiny_fit), halo=report.margin).calibrated(run["calibration"])
+    ref, ids, _ = predict_tiled(img, pred, tile=48)
+    np.testing.assert_array_equal(zarr.open_array(str(out / "labels.zarr"), mode="r")[:], ref)
+    assert report.n_nuclei == len(ids)
+
+
+def test_calibrated_bundle_on_a_local_cluster_matches_the_in_process_run(
+    client, tiny_fit, tiny_bundle, tmp_path
+):
+    import zarr
+
+    img = _tinted(np.concatenate([tiny_fit[4], tiny_fit[4]], axis=1))
+    kw = dict(tile=48, progress=False, skip_background=False, n_calibration=3)
+    here = run_slide(img, tiny_bundle, tmp_path / "here", workers=0, **kw)
+    there = run_slide(img, tiny_bundle, tmp_path / "there", client=client, **kw)
+    assert there.complete and there.workers == 2, there.failed
+    assert there.n_nuclei == here.n_nuclei > 0
+    a, b = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("here", "there"))
+    assert a["calibration"] == b["calibration"] and "stain_source" in a["calibration"]
+    np.testing.assert_array_equal(
+        zarr.open_array(str(tmp_path / "here" / "labels.zarr"), mode="r")[:],
+        zarr.open_array(str(tmp_path / "there" / "labels.zarr"), mode="r")[:],
+    )

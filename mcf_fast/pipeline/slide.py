@@ -376,7 +376,20 @@ class DetectorPredictor:
         sigma = self.detector.config.pseudo_smooth
         return ndi.gaussian_filter(post, sigma) if sigma > 0 else post
 
-    def predict_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def detect(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The detector's centres and nucleus pseudo mask, with the calibration if any.
+
+        Parameters
+        ----------
+        rgb : ndarray, shape (H, W, 3), uint8
+
+        Returns
+        -------
+        centres : ndarray, shape (N, 2), int64
+            (y, x) of each detection.
+        nucleus : ndarray, shape (H, W), bool
+            The nucleus part of the pseudo mask (``pseudo_mask == 1``).
+        """
         from mcf_fast.ops.gdbp import gdbp
         from mcf_fast.pipeline.detector import postprocess
 
@@ -393,7 +406,10 @@ class DetectorPredictor:
             post = self._posterior(rgb) if self._uses_colour() else None
             centres, _, mask = postprocess(rgb, sn, d, cfg, window=det.window, posterior=post)
             fg = mask == 1
-        centres = np.asarray(centres, np.int64).reshape(-1, 2)
+        return np.asarray(centres, np.int64).reshape(-1, 2), fg
+
+    def predict_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        centres, fg = self.detect(rgb)
         markers = np.zeros(fg.shape, np.int32)
         if len(centres):
             markers[centres[:, 0], centres[:, 1]] = np.arange(1, len(centres) + 1)
@@ -405,28 +421,66 @@ class ModelPredictor:
     """Adapt an :class:`~mcf_fast.pipeline.mcf.MCFModel` (a fitted bundle) to
     :class:`TilePredictor`: its instance labels and their centres.
 
+    Without a calibration :meth:`predict_tile` is exactly ``MCFModel.predict``, whose stain
+    normaliser re-estimates the source stains on every image and whose detector normalises
+    its response per image: on a slide, per tile.  :meth:`calibration` fixes both for the
+    slide, from a few sample tiles:
+
+    - ``"stain_source"``: when the model has a stain normaliser, the source stain matrix and
+      maximum concentrations of the pooled sample pixels
+      (:meth:`~mcf_fast.ops.stain.StainNormalizer.source_state`); every tile is then
+      normalised with that one source;
+    - ``"detector"``: only when the labels depend on the detector (``instance_seeds ==
+      "centres"``, or a model without a network), :class:`DetectorPredictor`'s calibration
+      on the stain-normalised samples;
+    - ``"instance_seeds"``: the model's seed mode, recorded so a state is never empty.
+
+    Once :meth:`calibrated`, a model with a network and h-maxima or distance seeds does not
+    run the detector at all: its labels come from the U-Net probability alone
+    (:func:`~mcf_fast.models.train.predict_proba` then
+    :func:`~mcf_fast.pipeline.instances.instance_labels`), which is also much cheaper.
+
     Parameters
     ----------
     model : MCFModel
     source : path-like, optional
         The bundle it was loaded from; then it travels to dask workers as this path (each
-        worker loads it once).  Without it the predictor can only run in this process
-        (``workers=0``): pass the bundle path to :func:`run_slide` instead.
+        worker loads it once), with its calibration.  Without it the predictor can only run
+        in this process (``workers=0``): pass the bundle path to :func:`run_slide` instead.
     halo : int, optional
         Context in pixels; default: the detector's reach plus 64 for the U-Net.
+    state : dict, optional
+        A calibration from :meth:`calibration`.
+
+    Raises
+    ------
+    InputError
+        For a `state` that is not a calibration of this model.
     """
 
     def __init__(
-        self, model: Any, *, source: str | os.PathLike | None = None, halo: int | None = None
+        self,
+        model: Any,
+        *,
+        source: str | os.PathLike | None = None,
+        halo: int | None = None,
+        state: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.source = None if source is None else str(source)
-        det = getattr(model, "detector", None)
-        reach = _detector_reach(det)[0] if det is not None else 128
-        self.halo = int(halo or (reach + 64))
+        if halo is None:
+            det = getattr(model, "detector", None)
+            reach = _detector_reach(det)[0] if det is not None else 128
+            halo = reach + 64
+        self.halo = int(halo)
+        self.state = None if state is None else self._check_state(state)
+        self._detector: DetectorPredictor | None = None
+        if self.state is not None and self._uses_detector():
+            self._detector = DetectorPredictor(model.detector, state=self.state.get("detector"))
 
     def __repr__(self) -> str:
-        return f"ModelPredictor({self.source!r}, halo={self.halo})"
+        cal = ", calibrated" if self.state is not None else ""
+        return f"ModelPredictor({self.source!r}, halo={self.halo}{cal})"
 
     def __getstate__(self) -> dict[str, Any]:
         if self.source is None:
@@ -434,18 +488,142 @@ class ModelPredictor:
                 "ModelPredictor: a model without its bundle path cannot be sent "
                 "to dask workers; pass the bundle path to run_slide"
             )
-        return {"source": self.source, "halo": self.halo}
+        return {"source": self.source, "halo": self.halo, "state": self.state}
 
     def __setstate__(self, data: dict[str, Any]) -> None:
         from mcf_fast.pipeline.mcf import MCFModel
 
-        self.__init__(MCFModel.load(data["source"]), source=data["source"], halo=data["halo"])
-
-    def predict_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pred = self.model.predict(rgb)
-        return associate(
-            np.asarray(pred.labels), np.asarray(pred.centres, np.float64), ordered=True
+        self.__init__(
+            MCFModel.load(data["source"]),
+            source=data["source"],
+            halo=data["halo"],
+            state=data.get("state"),
         )
+
+    # -- what the model's labels depend on ---------------------------------------------------
+    def _seeds(self) -> str:
+        return str(self.model.config.segmentation.instance_seeds)
+
+    def _uses_detector(self) -> bool:
+        """True when the labels need the detector: centre seeds, or no network."""
+        return self.model.net is None or self._seeds() == "centres"
+
+    def _check_state(self, state: Any) -> dict[str, Any]:
+        if not isinstance(state, dict):
+            raise InputError(
+                "state: expected a dict from ModelPredictor.calibration(), got "
+                f"{type(state).__name__}"
+            )
+        seeds = state.get("instance_seeds")
+        if seeds != self._seeds():
+            raise InputError(
+                f"state: a calibration for instance_seeds {seeds!r}, but this model uses "
+                f"{self._seeds()!r}; calibrate again with this model (another --out)"
+            )
+        for key in ("stain_source", "detector"):
+            if key in state and not isinstance(state[key], dict):
+                raise InputError(
+                    f"state[{key!r}]: expected a dict, got {type(state[key]).__name__}"
+                )
+        if "stain_source" in state and getattr(self.model, "stain", None) is None:
+            raise InputError("state: holds a stain source, but this model has no stain normaliser")
+        return dict(state)
+
+    def _normalise(self, rgb: np.ndarray, source: dict[str, Any] | None) -> np.ndarray:
+        from mcf_fast.io.images import as_rgb_uint8
+
+        img = as_rgb_uint8(rgb, name="rgb")
+        stain = getattr(self.model, "stain", None)
+        if stain is None:
+            return img
+        out = stain.transform(img) if source is None else stain.transform(img, source=source)
+        return as_rgb_uint8(out)
+
+    # -- calibration ---------------------------------------------------------------------------
+    def calibration(self, samples: Sequence[np.ndarray]) -> dict[str, Any]:
+        """The slide-level stain source and, when the labels use it, detector calibration.
+
+        Parameters
+        ----------
+        samples : sequence of ndarray, shape (H, W, 3)
+            A few tissue tiles of the slide.
+
+        Returns
+        -------
+        dict
+            JSON-ready: ``instance_seeds``, and ``stain_source`` and ``detector`` where they
+            apply (see the class docstring).  A stain normaliser without
+            ``source_state`` (or samples with too little tissue to estimate one) leaves
+            ``stain_source`` out: tiles are then stain-normalised one by one, as
+            ``MCFModel.predict`` does.
+
+        Raises
+        ------
+        InputError
+            If `samples` is empty.
+        """
+        if len(samples) == 0:
+            raise InputError("samples: expected at least one sample tile, got none")
+        state: dict[str, Any] = {"instance_seeds": self._seeds()}
+        stain = getattr(self.model, "stain", None)
+        source = None
+        if stain is not None and hasattr(stain, "source_state"):
+            try:
+                source = stain.source_state(list(samples))
+            except InputError as exc:
+                log.warning("calibration: no slide-level stain source (%s); per tile", exc)
+        if source is not None:
+            state["stain_source"] = source
+        if self._uses_detector():
+            normalised = [self._normalise(s, source) for s in samples]
+            state["detector"] = DetectorPredictor(self.model.detector).calibration(normalised)
+        return state
+
+    def calibrated(self, state: dict[str, Any]) -> ModelPredictor:
+        """This predictor with a slide-level calibration from :meth:`calibration`."""
+        return ModelPredictor(self.model, source=self.source, halo=self.halo, state=state)
+
+    # -- prediction ----------------------------------------------------------------------------
+    def predict_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Instance labels and centres of one tile (see :class:`TilePredictor`).
+
+        Uncalibrated: ``MCFModel.predict``.  Calibrated: stain-normalised with the slide's
+        source, then the U-Net probability (or, without a network, the calibrated
+        detector's pseudo mask) split into instances by the model's seeds, using the
+        calibrated detector's centres only for ``instance_seeds == "centres"``.
+        """
+        if self.state is None:
+            pred = self.model.predict(rgb)
+            return associate(
+                np.asarray(pred.labels), np.asarray(pred.centres, np.float64), ordered=True
+            )
+        from mcf_fast.pipeline.instances import instance_labels, nucleus_table
+
+        seg = self.model.config.segmentation
+        img = self._normalise(rgb, self.state.get("stain_source"))
+        centres = None
+        nucleus = None
+        if self._detector is not None:
+            centres, nucleus = self._detector.detect(img)
+        if self.model.net is not None:
+            from mcf_fast.models.train import predict_proba
+
+            fg = predict_proba(
+                self.model.net, img, device=seg.device, tile=seg.tile, flips=seg.tta_flips
+            )
+        else:
+            fg = np.asarray(nucleus, np.float32)
+        labels = instance_labels(
+            fg,
+            centres=centres,
+            threshold=seg.threshold,
+            min_area=seg.min_nucleus_area,
+            seeds=seg.instance_seeds,
+            h=seg.instance_h,
+        )
+        table = nucleus_table(labels)
+        cents = np.stack([table["y"], table["x"]], axis=1) if len(table) else np.zeros((0, 2))
+        return associate(labels, cents, ordered=True)
 
 
 @dataclass(frozen=True)
@@ -714,9 +892,16 @@ def _read_manifest(path: Path, tiles_dir: Path) -> dict[int, dict[str, Any]]:
 
 
 def _summary(calibration: dict[str, Any]) -> dict[str, Any]:
-    """The calibration for reports: long lists (colour-model pixels) as their length."""
+    """The calibration for reports: long lists (colour-model pixels) as their length, in
+    nested dicts too (a model bundle's calibration nests the detector's)."""
     return {
-        k: (f"{len(v)} values" if isinstance(v, list) and len(v) > 8 else v)
+        k: (
+            _summary(v)
+            if isinstance(v, dict)
+            else f"{len(v)} values"
+            if isinstance(v, list) and len(v) > 8
+            else v
+        )
         for k, v in calibration.items()
     }
 
@@ -934,7 +1119,7 @@ def _run(
         with atomic_path(run_file) as tmp:
             tmp.write_text(json.dumps({**params, "calibration": calibration}), encoding="utf-8")
     if calibration:
-        log.info("slide-level calibration %s", calibration)
+        log.info("slide-level calibration %s", _summary(calibration))
         if isinstance(predictor, PredictorSpec):
             predictor = replace(predictor, calibration=calibration)
         else:

@@ -225,3 +225,22 @@ def test_colour_augmentation(disks):
     log: list[float] = []
     train_unet([img], [_pseudo(lab)], cfg, steps=30, progress=False, log=log)
     assert np.mean(log[-5:]) < np.mean(log[:5])
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_unet_reach_bounds_the_receptive_field(depth):
+    """``reach`` is the input-gradient support of an output pixel, to within one pixel."""
+    torch.manual_seed(0)
+    net = UNet(width=4, depth=depth).double().eval()
+    m = net.multiple
+    side = (2 * net.reach // m + 8) * m
+    x = torch.rand(1, 3, side, side, dtype=torch.float64, requires_grad=True)
+    c = (net.reach // m + 1) * m
+    radius = 0
+    for k in range(2 * m):  # every phase of the pooling grid, twice
+        x.grad = None
+        net(x)[0, 1, c + k, c + k].backward()
+        ys, xs = torch.nonzero(x.grad.abs().sum((0, 1)), as_tuple=True)
+        if len(ys):  # (a pixel whose ReLUs are all off has no gradient)
+            radius = max(radius, int((ys - c - k).abs().max()), int((xs - c - k).abs().max()))
+    assert net.reach - 1 <= radius <= net.reach

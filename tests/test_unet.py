@@ -182,6 +182,8 @@ def test_tiled_inference_equals_whole_image():
     # a halo too small for the receptive field shows seams
     seams = predict_proba(net, img, tile=32, halo=0)
     assert not np.allclose(whole, seams, atol=1e-3)
+    # the default halo is the network's reach on its pooling grid (23 -> 24 at depth 2)
+    assert np.allclose(whole, predict_proba(net, img, tile=32), atol=1e-5)
 
 
 def test_flips_are_equivariant():

@@ -445,7 +445,7 @@ def predict_proba(
     device: str | torch.device = "cpu",
     tile: int = 512,
     flips: bool = False,
-    halo: int = 64,
+    halo: int | None = None,
 ) -> np.ndarray:
     """Nucleus probability p1 of every pixel, by tiles with an overlap margin.
 
@@ -464,8 +464,10 @@ def predict_proba(
     flips : bool
         Test-time augmentation: average the probabilities of the image and its horizontal,
         vertical and double flips.
-    halo : int
-        Overlap margin in pixels.
+    halo : int, optional
+        Overlap margin in pixels; default: the network's receptive-field radius
+        (``net.reach``, 106 px at depth 4) rounded up to a multiple of ``2 ** depth``, so
+        that tiled and whole-image probabilities agree (64 without ``reach``).
 
     Returns
     -------
@@ -473,11 +475,14 @@ def predict_proba(
         Foreground probability in [0, 1].
     """
     img = as_rgb_uint8(image)
+    multiple = getattr(net, "multiple", 1)
+    if halo is None:
+        reach = getattr(net, "reach", None)
+        halo = 64 if reach is None else -(-int(reach) // multiple) * multiple
     if tile < 1 or halo < 0:
         raise InputError(f"predict_proba: tile must be positive and halo non-negative, got "
                          f"{tile}, {halo}")
     h, w = img.shape[:2]
-    multiple = getattr(net, "multiple", 1)
     device = torch.device(device)
     out = np.empty((h, w), np.float32)
     was_training = net.training

@@ -97,6 +97,16 @@ def test_resume_after_interruption_ends_like_uninterrupted(scene, tmp_path):
     with pytest.raises(InputError, match="other images, templates or settings"):
         MCF(other).fit([img], templates, progress=False, checkpoint_dir=tmp_path / "b",
                        resume=True)
+    # prediction-time settings do not invalidate it: resuming re-predicts without training
+    looser = dataclasses.replace(CONFIG, segmentation=dataclasses.replace(
+        SEG, threshold=0.3, min_nucleus_area=5, instance_seeds="distance", tta_flips=True))
+    seen = []
+    again = MCF(looser).fit([img], templates, progress=False, checkpoint_dir=tmp_path / "b",
+                            resume=True, on_round=lambda r, e: seen.append(r))
+    assert seen == [] and again.config.segmentation.threshold == 0.3
+    for va, vb in zip(full.net.state_dict().values(), again.net.state_dict().values(),
+                      strict=True):
+        assert torch.equal(va, vb)
 
 
 def test_no_network_ablation_predicts_from_pseudo_mask(scene):

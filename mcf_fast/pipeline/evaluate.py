@@ -443,7 +443,8 @@ def _run_supervised(ctx: _Context, *, stain: str, normalizer: Any,
 
     def predict(i: int, image: np.ndarray) -> tuple[np.ndarray, None]:
         p1 = predict_proba(net, image, device=seg.device, tile=seg.tile, flips=seg.tta_flips)
-        labels = instance_labels(p1, threshold=seg.threshold, min_area=seg.min_nucleus_area,
+        # 0.5: trained on full masks, its probability has no unknown-pixel bias to offset
+        labels = instance_labels(p1, threshold=0.5, min_area=seg.min_nucleus_area,
                                  seeds=seg.instance_seeds, h=seg.instance_h)
         return labels, None
 

@@ -203,10 +203,17 @@ def _restain_templates(templates, stain, images: list[np.ndarray], names: list[s
     return TemplateSet(out, meta=templates.meta)
 
 
+#: SegmentationConfig fields that act only at prediction time: a checkpoint stays valid
+#: when they change, so ``resume`` can re-predict with new values without refitting
+INFERENCE_ONLY = ("device", "threshold", "min_nucleus_area", "instance_seeds", "instance_h",
+                  "tta_flips")
+
+
 def _fingerprint(config: MCFConfig, images: list[np.ndarray], names: list[str],
                  templates, stain) -> str:
     cfg = config_to_dict(config)
-    cfg["segmentation"].pop("device", None)
+    for name in INFERENCE_ONLY:
+        cfg["segmentation"].pop(name, None)
     h = hashlib.sha256()
     h.update(json.dumps(cfg, sort_keys=True).encode())
     h.update(json.dumps(templates.to_dict(), sort_keys=True).encode())

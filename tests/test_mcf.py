@@ -237,6 +237,41 @@ def test_instances_hmaxima_split_touching_keep_one_and_drop_specks():
     assert instance_labels(p, seeds="hmaxima", min_area=4).max() == 3
 
 
+def test_instances_hmaxima_by_component_equals_whole_map_reconstruction(rng):
+    from scipy import ndimage
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    yy, xx = np.mgrid[:160, :200]
+    p = np.zeros((160, 200), np.float32)
+    for cy, cx, r in zip(rng.uniform(10, 150, 40), rng.uniform(10, 190, 40),
+                         rng.uniform(4, 11, 40), strict=True):
+        p[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1.0
+    for h in (0.5, 1.0, 2.0):
+        lab = instance_labels(p, seeds="hmaxima", min_area=20, h=h)
+        # the reference: h-maxima of the whole smoothed distance map
+        mask = ndimage.binary_fill_holes(p > 0.5)
+        comps, _ = ndimage.label(mask)
+        sizes = np.bincount(comps.ravel())
+        mask &= sizes[comps] >= 20
+        dist = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask), 1.0)
+        peaks = h_maxima(np.where(mask, dist, 0.0), h).astype(bool) & mask
+        markers, _ = ndimage.label(peaks, structure=np.ones((3, 3), bool))
+        comps, n = ndimage.label(mask)
+        seeded = np.zeros(n + 1, bool)
+        seeded[comps[markers > 0]] = True
+        for k in np.nonzero(~seeded[1:])[0] + 1:
+            markers[ndimage.maximum_position(dist, comps, k)] = markers.max() + 1
+        ref = watershed(-dist, markers, mask=mask)
+        ref_sizes = np.bincount(ref.ravel())
+        ref[ref_sizes[ref] < 20] = 0
+        assert lab.max() == len(np.unique(ref)) - 1 >= 25
+        # the same partition of the same pixels
+        assert np.array_equal(lab > 0, ref > 0)
+        pairs = np.unique(np.stack([lab[lab > 0], ref[ref > 0]]), axis=1)
+        assert pairs.shape[1] == lab.max()
+
+
 def test_instances_empty_and_bad_input():
     assert instance_labels(np.zeros((5, 5))).max() == 0
     with pytest.raises(InputError):

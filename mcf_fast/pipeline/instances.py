@@ -136,15 +136,25 @@ def _hmaxima_split(mask: np.ndarray, *, h: float, min_area: int) -> np.ndarray:
     if n == 0:
         return np.zeros(mask.shape, np.int32)
     dist = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask), 1.0)
-    peaks = h_maxima(dist, h).astype(bool) & mask
-    markers, m = ndimage.label(peaks, structure=np.ones((3, 3), bool))
-    # a component without an h-maximum (thin or tiny) still gets one seed
-    has = np.zeros(n + 1, bool)
-    has[comps[markers > 0]] = True
-    missing = np.nonzero(~has[1:])[0] + 1
-    if missing.size:
-        at = np.asarray(ndimage.maximum_position(dist, comps, missing), np.intp).reshape(-1, 2)
-        markers[at[:, 0], at[:, 1]] = m + 1 + np.arange(len(at), dtype=np.int32)
+    # h-maxima component by component, on its bounding box with the rest zeroed: the same
+    # seeds as on the whole map (zero separates components in the reconstruction), at
+    # about half the cost, as the reconstruction then skips the background
+    markers = np.zeros(mask.shape, np.int32)
+    m = 0
+    height, width = mask.shape
+    pad = 4
+    for k, box in enumerate(ndimage.find_objects(comps), start=1):
+        y0, y1 = max(box[0].start - pad, 0), min(box[0].stop + pad, height)
+        x0, x1 = max(box[1].start - pad, 0), min(box[1].stop + pad, width)
+        own = comps[y0:y1, x0:x1] == k
+        d = np.where(own, dist[y0:y1, x0:x1], 0.0)
+        peaks = h_maxima(d, h).astype(bool) & own if d.max() > h else np.zeros_like(own)
+        lab, c = ndimage.label(peaks, structure=np.ones((3, 3), bool))
+        if c == 0:  # no h-maximum (thin or shallow): one seed at the deepest point
+            lab[np.unravel_index(np.argmax(d), d.shape)] = c = 1
+        sub = markers[y0:y1, x0:x1]
+        sub[lab > 0] = lab[lab > 0] + m
+        m += c
     labels = watershed(-dist, markers, mask=mask).astype(np.int32)
     return _relabel(labels, min_area)
 

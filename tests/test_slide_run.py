@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -716,11 +717,12 @@ def test_bundle_slide_run_equals_the_whole_image(tiny_fit, tiny_bundle, tmp_path
     report = run_slide(img, tiny_bundle, out, tile=512, workers=0, progress=False, n_calibration=2)
     assert report.complete and report.n_tissue == report.n_processed == 4
     model = _model(tiny_fit)
-    assert report.margin == ModelPredictor(model).halo == 96  # 70 + reach 23, on the grid of 4
+    # the largest template side (25) + the net's reach (23), on the grid of 4
+    assert report.margin == ModelPredictor(model).halo == 48
     # the calibration as _run makes it: the read regions of the sample tissue tiles
     samples = [
         img[t.read[0] : t.read[2], t.read[1] : t.read[3]]
-        for t in _calibration_tiles(tile_grid(img.shape[:2], tile=512, margin=96), 2)
+        for t in _calibration_tiles(tile_grid(img.shape[:2], tile=512, margin=48), 2)
     ]
     state = json.loads(json.dumps(ModelPredictor(model).calibration(samples)))
     run = json.loads((out / "run.json").read_text())
@@ -758,7 +760,11 @@ def test_model_halo_covers_the_unet_reach_on_its_pooling_grid(tiny_fit, tmp_path
     model = _model(tiny_fit)
     assert model.net.multiple == 4 and model.net.reach == 23
     p = ModelPredictor(model)
-    assert p.align == 4 and p.halo == 96  # the detector's 70 + the net's 23, rounded up
+    assert p.align == 4 and p.halo == 48  # the largest template 25 + the net's 23
+    centres = dataclasses.replace(model.config, segmentation=dataclasses.replace(
+        model.config.segmentation, instance_seeds="centres"))
+    model_c = type(model)(centres, model.templates, model.detector, model.net)
+    assert ModelPredictor(model_c).halo == 96  # with centre seeds: the detector's 70 + 23
     assert ModelPredictor(model, halo=134).halo == 136
     bare = ModelPredictor(_model(tiny_fit, net=False))
     assert bare.align == 1 and bare.halo == 70 + 64
@@ -767,5 +773,5 @@ def test_model_halo_covers_the_unet_reach_on_its_pooling_grid(tiny_fit, tmp_path
     kw = dict(workers=0, progress=False, skip_background=False, n_calibration=1)
     assert run_slide(img, p, tmp_path / "a", tile=96, margin=97, **kw).margin == 100
     assert "pooling grid" not in caplog.text
-    assert run_slide(img, p, tmp_path / "b", tile=98, **kw).margin == 96
+    assert run_slide(img, p, tmp_path / "b", tile=98, **kw).margin == 48
     assert "tile 98 is not a multiple of 4 (the model's pooling grid)" in caplog.text

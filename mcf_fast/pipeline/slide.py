@@ -467,8 +467,9 @@ class ModelPredictor:
         worker loads it once), with its calibration.  Without it the predictor can only run
         in this process (``workers=0``): pass the bundle path to :func:`run_slide` instead.
     halo : int, optional
-        Context in pixels, rounded up to a multiple of ``align``; default: the detector's
-        reach plus the U-Net's (``net.reach``; 64 for a network without one).
+        Context in pixels, rounded up to a multiple of ``align``; default: the U-Net's reach
+        (``net.reach``; 64 for a network without one) plus, when the labels use the detector,
+        the detector's reach, else the largest template side.
     state : dict, optional
         A calibration from :meth:`calibration`.
 
@@ -495,8 +496,14 @@ class ModelPredictor:
         #: the halo of predict_proba's own blocks when a tile is larger than seg.tile
         self._proba_halo = _round_up(net_reach, self.align)
         if halo is None:
-            det = getattr(model, "detector", None)
-            reach = _detector_reach(det)[0] if det is not None else 128
+            if self._uses_detector():
+                det = getattr(model, "detector", None)
+                reach = _detector_reach(det)[0] if det is not None else 128
+            else:
+                # labels from the U-Net alone: a nucleus owned by the core reaches at most
+                # about one template side into the halo, and its pixels need the net's reach
+                sides = [int(t.size) for t in getattr(model, "templates", None) or []]
+                reach = max(sides, default=64)
             halo = reach + net_reach
         self.halo = _round_up(int(halo), self.align)
         self.state = None if state is None else self._check_state(state)
@@ -532,7 +539,7 @@ class ModelPredictor:
 
     def _uses_detector(self) -> bool:
         """True when the labels need the detector: centre seeds, or no network."""
-        return self.model.net is None or self._seeds() == "centres"
+        return getattr(self.model, "net", None) is None or self._seeds() == "centres"
 
     def _check_state(self, state: Any) -> dict[str, Any]:
         if not isinstance(state, dict):

@@ -131,9 +131,9 @@ def instance_labels(
 def _hmaxima_split(mask: np.ndarray, *, h: float, min_area: int) -> np.ndarray:
     from skimage.morphology import h_maxima
 
-    mask = _relabel(ndimage.label(mask)[0], min_area) > 0
-    comps, n = ndimage.label(mask)
-    if n == 0:
+    comps = _relabel(ndimage.label(mask)[0], min_area)  # components 1..n, small ones gone
+    mask = comps > 0
+    if not mask.any():
         return np.zeros(mask.shape, np.int32)
     dist = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask), 1.0)
     # h-maxima component by component, on its bounding box with the rest zeroed: the same

@@ -51,9 +51,12 @@ def pseudo_quality(pm: np.ndarray, gt: np.ndarray) -> dict[str, int]:
     fg = gt > 0
     nuc, bg = pm == 1, pm == 0
     return {
-        "nuc": int(nuc.sum()), "nuc_ok": int((nuc & fg).sum()),
-        "bg": int(bg.sum()), "bg_ok": int((bg & ~fg).sum()),
-        "fg": int(fg.sum()), "px": int(pm.size),
+        "nuc": int(nuc.sum()),
+        "nuc_ok": int((nuc & fg).sum()),
+        "bg": int(bg.sum()),
+        "bg_ok": int((bg & ~fg).sum()),
+        "fg": int(fg.sum()),
+        "px": int(pm.size),
     }
 
 
@@ -70,21 +73,39 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "monuseg"))
     ap.add_argument("--split", default="test", choices=("train", "test"))
-    ap.add_argument("--templates", default=None,
-                    help="template-set JSON (default: select_templates(train, n, seed))")
+    ap.add_argument(
+        "--templates",
+        default=None,
+        help="template-set JSON (default: select_templates(train, n, seed))",
+    )
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--color-names", default="builtin")
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="DetectionConfig override (repeatable)")
-    ap.add_argument("--sweep", choices=("centres", "pseudo"), default=None,
-                    help="sweep the centre thresholds (min_score x peak_distance) or the "
-                    "gated pseudo-mask thresholds (tuning: use on train only)")
-    ap.add_argument("--min-scores", default=None,
-                    help="with --sweep centres: only these min_score values (comma-separated), "
-                    "other fields as configured")
-    ap.add_argument("--cache", default=None,
-                    help="folder to keep the responses in, keyed by the filter settings")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="DetectionConfig override (repeatable)",
+    )
+    ap.add_argument(
+        "--sweep",
+        choices=("centres", "pseudo"),
+        default=None,
+        help="sweep the centre thresholds (min_score x peak_distance) or the "
+        "gated pseudo-mask thresholds (tuning: use on train only)",
+    )
+    ap.add_argument(
+        "--min-scores",
+        default=None,
+        help="with --sweep centres: only these min_score values (comma-separated), "
+        "other fields as configured",
+    )
+    ap.add_argument(
+        "--cache",
+        default=None,
+        help="folder to keep the responses in, keyed by the filter settings",
+    )
     ap.add_argument("--limit", type=int, default=0, help="only the first N images")
     ap.add_argument("--out", default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
@@ -96,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     from mcf_fast.pipeline.detector import Detector, postprocess
 
     overrides = dict(s.split("=", 1) for s in args.set)
-    cfg = DetectionConfig(color_names=args.color_names,
-                          **{k: _parse_value(v) for k, v in overrides.items()})
+    cfg = DetectionConfig(
+        color_names=args.color_names, **{k: _parse_value(v) for k, v in overrides.items()}
+    )
     if args.templates:
         tset = TemplateSet.load(args.templates)
     else:
@@ -111,9 +133,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.cache:
         import hashlib
 
-        skip = {"min_score", "peak_distance", "t1", "pseudo_rule", "pseudo_ratio", "centre_gate",
-                "pseudo_radius", "pseudo_fg", "pseudo_bg", "pseudo_fg_free", "pseudo_smooth",
-                "use_gdbp"}
+        skip = {
+            "min_score",
+            "peak_distance",
+            "t1",
+            "pseudo_rule",
+            "pseudo_ratio",
+            "centre_gate",
+            "pseudo_radius",
+            "pseudo_fg",
+            "pseudo_bg",
+            "pseudo_fg_free",
+            "pseudo_smooth",
+            "use_gdbp",
+        }
         fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
         blob = json.dumps([fields, [(t.image, t.y, t.x, t.size) for t in tset]], default=str)
         key = hashlib.sha1(blob.encode()).hexdigest()[:12]
@@ -145,10 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         return {**keep, **summarise_quality(q)}
 
     result = {
-        "split": args.split, "n_images": len(names), "templates": len(tset),
-        "config": dataclasses.asdict(cfg), "seconds_per_image": seconds,
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "date": time.strftime(
-            "%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "split": args.split,
+        "n_images": len(names),
+        "templates": len(tset),
+        "config": dataclasses.asdict(cfg),
+        "seconds_per_image": seconds,
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": " ".join(["python", "benchmarks/eval_detection.py", *(argv or sys.argv[1:])]),
     }
     if args.sweep:
@@ -156,25 +192,36 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep == "centres" and args.min_scores:
             grid = [dict(min_score=float(v)) for v in args.min_scores.split(",")]
         elif args.sweep == "centres":
-            grid = [dict(min_score=a, peak_distance=b, centre_gate=g)
-                    for a, b, g in itertools.product((0.2, 0.3, 0.4, 0.5, 0.6), (4, 6),
-                                                     (0.0, 0.3, 0.5, 0.7))]
+            grid = [
+                dict(min_score=a, peak_distance=b, centre_gate=g)
+                for a, b, g in itertools.product(
+                    (0.2, 0.3, 0.4, 0.5, 0.6), (4, 6), (0.0, 0.3, 0.5, 0.7)
+                )
+            ]
         else:
-            grid = [dict(pseudo_radius=a, pseudo_fg=b, pseudo_fg_free=c) for a, b, c in
-                    itertools.product((0.25, 0.35), (0.5, 0.8), (1.0, 0.95, 0.8))]
+            grid = [
+                dict(pseudo_radius=a, pseudo_fg=b, pseudo_fg_free=c)
+                for a, b, c in itertools.product((0.25, 0.35), (0.5, 0.8), (1.0, 0.95, 0.8))
+            ]
         for params in grid:
             c = dataclasses.replace(cfg, **params)
             row = {**params, **evaluate(c)}
             rows.append(row)
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                              for k, v in row.items()}), file=sys.stderr)
+            print(
+                json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+                file=sys.stderr,
+            )
         if args.sweep == "centres":
             best = max(rows, key=lambda r: r["F1@12"])
         else:  # the targets: precise labels on both sides, then as much nucleus as possible
-            ok = [r for r in rows if r["nucleus_label_precision"] >= 0.8
-                  and r["background_label_precision"] >= 0.95]
-            best = max(ok or rows, key=lambda r: r["nucleus_label_coverage"]
-                       + 0.5 * r["confident_share"])
+            ok = [
+                r
+                for r in rows
+                if r["nucleus_label_precision"] >= 0.8 and r["background_label_precision"] >= 0.95
+            ]
+            best = max(
+                ok or rows, key=lambda r: r["nucleus_label_coverage"] + 0.5 * r["confident_share"]
+            )
         result["sweep"] = rows
         result["best"] = best
     else:

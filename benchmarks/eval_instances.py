@@ -53,8 +53,10 @@ def parse_variant(text: str) -> dict:
         elif key == "seeds":
             out[key] = value
         else:
-            raise SystemExit(f"--variant {text!r}: unknown key {key!r}; expected seeds, "
-                             f"{', '.join(sorted(_FLOATS | _INTS))}")
+            raise SystemExit(
+                f"--variant {text!r}: unknown key {key!r}; expected seeds, "
+                f"{', '.join(sorted(_FLOATS | _INTS))}"
+            )
     return out
 
 
@@ -76,8 +78,7 @@ def cached_maps(model, images: list[Path], cache: Path | None):
         if model.stain is not None:
             img = as_rgb_uint8(model.stain.transform(img))
         centres = np.asarray(model.detector.detect(img).centres, np.int64).reshape(-1, 2)
-        prob = predict_proba(model.net, img, device=seg.device, tile=seg.tile,
-                             flips=seg.tta_flips)
+        prob = predict_proba(model.net, img, device=seg.device, tile=seg.tile, flips=seg.tta_flips)
         if f is not None:
             f.parent.mkdir(parents=True, exist_ok=True)
             tmp = f.with_name(f.stem + ".part.npz")
@@ -112,24 +113,33 @@ def main(argv: list[str] | None = None) -> int:
     if model.net is None:
         raise SystemExit(f"{args.model}: a model without a network has no probability map")
     maps = list(cached_maps(model, images, args.cache))
-    truth = {name: read_labels(root / "masks" / f"{name}.png")
-             for name, _, _ in maps}
+    truth = {name: read_labels(root / "masks" / f"{name}.png") for name, _, _ in maps}
     rows = []
     for text in args.variant or DEFAULT_VARIANTS:
         kw = parse_variant(text)
         t0 = time.perf_counter()
-        items = [(name, instance_labels(prob, centres=c, **kw), truth[name], None)
-                 for name, prob, c in maps]
+        items = [
+            (name, instance_labels(prob, centres=c, **kw), truth[name], None)
+            for name, prob, c in maps
+        ]
         a = score_arrays(items)["aggregate"]
-        row = {"variant": text, "seconds": round(time.perf_counter() - t0, 1),
-               **{k: a[k] for k in ("Dice", "IoU", "F1@12", "AJI", "PQ", "n_pred", "n_gt")}}
+        row = {
+            "variant": text,
+            "seconds": round(time.perf_counter() - t0, 1),
+            **{k: a[k] for k in ("Dice", "IoU", "F1@12", "AJI", "PQ", "n_pred", "n_gt")},
+        }
         rows.append(row)
-        print(f"{text:45s} Dice {a['Dice']:.4f} IoU {a['IoU']:.4f} F1@12 {a['F1@12']:.4f} "
-              f"AJI {a['AJI']:.4f} PQ {a['PQ']:.4f} instances {a['n_pred']} "
-              f"(truth {a['n_gt']})", flush=True)
+        print(
+            f"{text:45s} Dice {a['Dice']:.4f} IoU {a['IoU']:.4f} F1@12 {a['F1@12']:.4f} "
+            f"AJI {a['AJI']:.4f} PQ {a['PQ']:.4f} instances {a['n_pred']} "
+            f"(truth {a['n_gt']})",
+            flush=True,
+        )
     if args.json is not None:
-        args.json.write_text(json.dumps({"split": args.split, "model": str(args.model),
-                                         "rows": rows}, indent=1), encoding="utf-8")
+        args.json.write_text(
+            json.dumps({"split": args.split, "model": str(args.model), "rows": rows}, indent=1),
+            encoding="utf-8",
+        )
     return 0
 
 

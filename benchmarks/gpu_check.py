@@ -26,8 +26,10 @@ def _sync(dev: str) -> None:
 
 
 def main(dev: str = "cuda") -> dict:
-    out = {"torch": torch.__version__,
-           "device": torch.cuda.get_device_name(0) if dev.startswith("cuda") else "cpu"}
+    out = {
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if dev.startswith("cuda") else "cpu",
+    }
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 256, (1000, 1000, 3), dtype=np.uint8) for _ in range(4)]
     targets = [rng.integers(-1, 2, (1000, 1000)).astype(np.int8) for _ in range(4)]
@@ -47,10 +49,13 @@ def main(dev: str = "cuda") -> dict:
             times.append(time.perf_counter() - t1)
         p_cpu = predict_proba(net.to("cpu"), imgs[0], device="cpu", tile=seg.tile)
         total = seg.max_rounds * (seg.steps + (seg.self_steps if seg.use_self_finetune else 0))
-        out[name] = {"s_per_step": round(per_step, 4), "steps_per_fit": total,
-                     "training_s_per_fit": round(per_step * total, 1),
-                     "predict_1000px_s_median": round(sorted(times)[2], 4),
-                     "cpu_vs_device_max_abs_diff": float(np.abs(p_dev - p_cpu).max())}
+        out[name] = {
+            "s_per_step": round(per_step, 4),
+            "steps_per_fit": total,
+            "training_s_per_fit": round(per_step * total, 1),
+            "predict_1000px_s_median": round(sorted(times)[2], 4),
+            "cpu_vs_device_max_abs_diff": float(np.abs(p_dev - p_cpu).max()),
+        }
         print(name, out[name], flush=True)
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "gpu_check.json"), "w") as f:

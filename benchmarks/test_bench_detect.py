@@ -79,8 +79,7 @@ def reference_detect(image: np.ndarray, det):
     cfg = det.config
     s = normalise_response(reference_fused(det._features(image), det))
     d = gdbp(s, p=cfg.gdbp_p, q=cfg.gdbp_q)
-    centres, _ = find_centres(s, gdbp=d, min_distance=cfg.peak_distance,
-                              min_score=cfg.min_score)
+    centres, _ = find_centres(s, gdbp=d, min_distance=cfg.peak_distance, min_score=cfg.min_score)
     pseudo_mask(image, s, centres, window=det._window, rule=cfg.pseudo_rule, t1=cfg.t1)
     return s
 

@@ -52,8 +52,9 @@ def _report(benchmark, key: str, fast_key: str, capsys) -> None:
     benchmark.extra_info["fast_median_ms"] = fast * 1e3
     benchmark.extra_info["ratio"] = ref / fast
     with capsys.disabled():
-        print(f"\n{key}: reference {ref * 1e3:.1f} ms / fast {fast * 1e3:.1f} ms "
-              f"= {ref / fast:.1f}x")
+        print(
+            f"\n{key}: reference {ref * 1e3:.1f} ms / fast {fast * 1e3:.1f} ms = {ref / fast:.1f}x"
+        )
 
 
 @pytest.mark.benchmark(group="features: CN + HOG, 1000x1000")
@@ -62,7 +63,10 @@ def test_extract_features_fast(benchmark, tile):
     table = builtin_color_names()
     extract_features(tile[:64, :64], cfg, table=table)  # JIT warm-up, outside the timing
     out = benchmark.pedantic(
-        extract_features, args=(tile, cfg), kwargs={"table": table}, rounds=20,
+        extract_features,
+        args=(tile, cfg),
+        kwargs={"table": table},
+        rounds=20,
         warmup_rounds=2,
     )
     assert out.shape == (1000, 1000, 20)
@@ -90,10 +94,17 @@ def test_skimage_hog_context(benchmark, tile, capsys):
     from skimage.feature import hog
 
     benchmark.pedantic(
-        hog, args=(tile,),
-        kwargs={"orientations": 9, "pixels_per_cell": (4, 4), "cells_per_block": (2, 2),
-                "channel_axis": -1, "feature_vector": False},
-        rounds=3, warmup_rounds=0,
+        hog,
+        args=(tile,),
+        kwargs={
+            "orientations": 9,
+            "pixels_per_cell": (4, 4),
+            "cells_per_block": (2, 2),
+            "channel_axis": -1,
+            "feature_vector": False,
+        },
+        rounds=3,
+        warmup_rounds=0,
     )
     _report(benchmark, "skimage.feature.hog (context)", "cn+hog", capsys)
 
@@ -102,8 +113,9 @@ def test_skimage_hog_context(benchmark, tile, capsys):
 def test_color_names_fast(benchmark, tile):
     table = builtin_color_names()
     color_name_features(tile[:8, :8], table=table)
-    benchmark.pedantic(color_name_features, args=(tile,), kwargs={"table": table},
-                       rounds=20, warmup_rounds=2)
+    benchmark.pedantic(
+        color_name_features, args=(tile,), kwargs={"table": table}, rounds=20, warmup_rounds=2
+    )
     _record(benchmark, "cn")
 
 

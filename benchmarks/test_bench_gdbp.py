@@ -53,5 +53,7 @@ def test_gdbp_numpy_reference(benchmark, response, capsys):
         benchmark.extra_info["fast_median_ms"] = fast * 1e3
         benchmark.extra_info["ratio"] = med / fast
         with capsys.disabled():
-            print(f"\ngdbp: reference {med * 1e3:.1f} ms / fast {fast * 1e3:.1f} ms "
-                  f"= {med / fast:.1f}x (agreement {agree:.6f})")
+            print(
+                f"\ngdbp: reference {med * 1e3:.1f} ms / fast {fast * 1e3:.1f} ms "
+                f"= {med / fast:.1f}x (agreement {agree:.6f})"
+            )

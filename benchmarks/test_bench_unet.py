@@ -57,8 +57,10 @@ def _report(benchmark, name: str, capsys) -> None:
     _MEDIANS[name] = med
     benchmark.extra_info["ms_per_megapixel"] = med * 1e3
     with capsys.disabled():
-        print(f"\nU-Net {name}: {med * 1e3:.0f} ms per 1000x1000 tile "
-              f"({1.0 / med:.2f} MP/s, {torch.get_num_threads()} threads)")
+        print(
+            f"\nU-Net {name}: {med * 1e3:.0f} ms per 1000x1000 tile "
+            f"({1.0 / med:.2f} MP/s, {torch.get_num_threads()} threads)"
+        )
 
 
 @pytest.mark.benchmark(group=GROUP)
@@ -71,16 +73,18 @@ def test_unet_tiled(benchmark, net, tile, capsys):
 
 @pytest.mark.benchmark(group=GROUP)
 def test_unet_whole(benchmark, net, tile, capsys):
-    p = benchmark.pedantic(predict_proba, args=(net, tile), kwargs={"tile": 1024}, rounds=5,
-                           warmup_rounds=1)
+    p = benchmark.pedantic(
+        predict_proba, args=(net, tile), kwargs={"tile": 1024}, rounds=5, warmup_rounds=1
+    )
     assert p.shape == (1000, 1000)
     _report(benchmark, "whole", capsys)
 
 
 @pytest.mark.benchmark(group=GROUP)
 def test_unet_tiled_flips(benchmark, net, tile, capsys):
-    p = benchmark.pedantic(predict_proba, args=(net, tile), kwargs={"flips": True}, rounds=3,
-                           warmup_rounds=0)
+    p = benchmark.pedantic(
+        predict_proba, args=(net, tile), kwargs={"flips": True}, rounds=3, warmup_rounds=0
+    )
     assert p.shape == (1000, 1000)
     _report(benchmark, "tiled + flips", capsys)
 

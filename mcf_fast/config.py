@@ -27,13 +27,21 @@ def _check(ok: bool, cls: str, name: str, value: Any, expected: str) -> None:
 def _positive_int(cls: str, name: str, value: Any) -> None:
     _check(
         isinstance(value, int) and not isinstance(value, bool) and value > 0,
-        cls, name, value, "a positive integer",
+        cls,
+        name,
+        value,
+        "a positive integer",
     )
 
 
 def _unit(cls: str, name: str, value: Any) -> None:
-    _check(isinstance(value, (int, float)) and 0.0 <= value <= 1.0, cls, name, value,
-           "a number in [0, 1]")
+    _check(
+        isinstance(value, (int, float)) and 0.0 <= value <= 1.0,
+        cls,
+        name,
+        value,
+        "a number in [0, 1]",
+    )
 
 
 @dataclass(frozen=True)
@@ -119,39 +127,73 @@ class DetectionConfig:
         c = "DetectionConfig"
         for name in ("hog_bins", "hog_cell", "n_scales", "top_t", "top_h", "gdbp_p", "gdbp_q"):
             _positive_int(c, name, getattr(self, name))
-        _check(self.gdbp_p < self.gdbp_q, c, "gdbp_p", self.gdbp_p,
-               f"smaller than gdbp_q ({self.gdbp_q})")
-        _check(self.use_cn or self.use_hog, c, "use_cn", self.use_cn,
-               "True when use_hog is False (no features left)")
+        _check(
+            self.gdbp_p < self.gdbp_q,
+            c,
+            "gdbp_p",
+            self.gdbp_p,
+            f"smaller than gdbp_q ({self.gdbp_q})",
+        )
+        _check(
+            self.use_cn or self.use_hog,
+            c,
+            "use_cn",
+            self.use_cn,
+            "True when use_hog is False (no features left)",
+        )
         lo_hi = self.scale_range
-        _check(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1], c, "scale_range", lo_hi,
-               "(low, high) with 0 < low <= high")
-        _check(len(self.crop_fractions) > 0
-               and all(0 < f <= 1 for f in self.crop_fractions), c, "crop_fractions",
-               self.crop_fractions, "a non-empty tuple of fractions in (0, 1]")
+        _check(
+            len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1],
+            c,
+            "scale_range",
+            lo_hi,
+            "(low, high) with 0 < low <= high",
+        )
+        _check(
+            len(self.crop_fractions) > 0 and all(0 < f <= 1 for f in self.crop_fractions),
+            c,
+            "crop_fractions",
+            self.crop_fractions,
+            "a non-empty tuple of fractions in (0, 1]",
+        )
         _check(self.lam > 0, c, "lam", self.lam, "a positive number")
         _check(self.label_sigma > 0, c, "label_sigma", self.label_sigma, "a positive number")
         _check(self.fusion in ("topk", "mean"), c, "fusion", self.fusion, "'topk' or 'mean'")
         _unit(c, "t1", self.t1)
         _check(self.g_sigma > 0, c, "g_sigma", self.g_sigma, "a positive number")
-        _check(self.g_level in ("crop", "both", "none"), c, "g_level", self.g_level,
-               "'crop', 'both' or 'none'")
-        _check(isinstance(self.block_size, int) and self.block_size >= 0, c, "block_size",
-               self.block_size, "0 (automatic) or a positive integer")
+        _check(
+            self.g_level in ("crop", "both", "none"),
+            c,
+            "g_level",
+            self.g_level,
+            "'crop', 'both' or 'none'",
+        )
+        _check(
+            isinstance(self.block_size, int) and self.block_size >= 0,
+            c,
+            "block_size",
+            self.block_size,
+            "0 (automatic) or a positive integer",
+        )
         _positive_int(c, "max_spectra_mib", self.max_spectra_mib)
         _positive_int(c, "peak_distance", self.peak_distance)
         _unit(c, "min_score", self.min_score)
         _unit(c, "centre_gate", self.centre_gate)
-        _check(self.pseudo_rule in ("paper", "gated"), c, "pseudo_rule", self.pseudo_rule,
-               "'paper' or 'gated'")
+        _check(
+            self.pseudo_rule in ("paper", "gated"),
+            c,
+            "pseudo_rule",
+            self.pseudo_rule,
+            "'paper' or 'gated'",
+        )
         _unit(c, "pseudo_ratio", self.pseudo_ratio)
-        _check(self.pseudo_radius > 0, c, "pseudo_radius", self.pseudo_radius,
-               "a positive number")
+        _check(self.pseudo_radius > 0, c, "pseudo_radius", self.pseudo_radius, "a positive number")
         _unit(c, "pseudo_fg", self.pseudo_fg)
         _unit(c, "pseudo_bg", self.pseudo_bg)
         _unit(c, "pseudo_fg_free", self.pseudo_fg_free)
-        _check(self.pseudo_smooth >= 0, c, "pseudo_smooth", self.pseudo_smooth,
-               "a non-negative number")
+        _check(
+            self.pseudo_smooth >= 0, c, "pseudo_smooth", self.pseudo_smooth, "a non-negative number"
+        )
 
 
 @dataclass(frozen=True)
@@ -215,36 +257,76 @@ class SegmentationConfig:
 
     def __post_init__(self) -> None:
         c = "SegmentationConfig"
-        for name in ("width", "depth", "crop_size", "batch_size", "max_rounds",
-                     "residual_min_area"):
+        for name in (
+            "width",
+            "depth",
+            "crop_size",
+            "batch_size",
+            "max_rounds",
+            "residual_min_area",
+        ):
             _positive_int(c, name, getattr(self, name))
         for name in ("steps", "self_steps"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 0, c, name, v, "a non-negative integer")
         _check(self.lr > 0, c, "lr", self.lr, "a positive number")
-        _check(self.loss in ("confidence", "ce", "weighted"), c, "loss", self.loss,
-               "'confidence', 'ce' or 'weighted'")
+        _check(
+            self.loss in ("confidence", "ce", "weighted"),
+            c,
+            "loss",
+            self.loss,
+            "'confidence', 'ce' or 'weighted'",
+        )
         for name in ("t2", "t3", "t4"):
             _unit(c, name, getattr(self, name))
-        _check(self.device == "cpu" or self.device.startswith("cuda"), c, "device",
-               self.device, "'cpu' or 'cuda[:N]'")
+        _check(
+            self.device == "cpu" or self.device.startswith("cuda"),
+            c,
+            "device",
+            self.device,
+            "'cpu' or 'cuda[:N]'",
+        )
         for name in ("synthetic_fraction", "threshold", "augment_colour", "unknown_weight"):
             _unit(c, name, getattr(self, name))
-        _check(self.synthetic_grow >= 0, c, "synthetic_grow", self.synthetic_grow,
-               "a non-negative number")
+        _check(
+            self.synthetic_grow >= 0,
+            c,
+            "synthetic_grow",
+            self.synthetic_grow,
+            "a non-negative number",
+        )
         lo_hi = self.synthetic_scale
-        _check(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1], c, "synthetic_scale", lo_hi,
-               "(low, high) with 0 < low <= high")
+        _check(
+            len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1],
+            c,
+            "synthetic_scale",
+            lo_hi,
+            "(low, high) with 0 < low <= high",
+        )
         for name in ("templates_per_round", "tile"):
             _positive_int(c, name, getattr(self, name))
-        _check(isinstance(self.min_nucleus_area, int) and self.min_nucleus_area >= 0, c,
-               "min_nucleus_area", self.min_nucleus_area, "a non-negative integer")
-        _check(self.self_lr_scale > 0, c, "self_lr_scale", self.self_lr_scale,
-               "a positive number")
-        _check(self.residual_template_scale > 0, c, "residual_template_scale",
-               self.residual_template_scale, "a positive number")
-        _check(self.instance_seeds in ("centres", "distance", "hmaxima"), c,
-               "instance_seeds", self.instance_seeds, "'centres', 'distance' or 'hmaxima'")
+        _check(
+            isinstance(self.min_nucleus_area, int) and self.min_nucleus_area >= 0,
+            c,
+            "min_nucleus_area",
+            self.min_nucleus_area,
+            "a non-negative integer",
+        )
+        _check(self.self_lr_scale > 0, c, "self_lr_scale", self.self_lr_scale, "a positive number")
+        _check(
+            self.residual_template_scale > 0,
+            c,
+            "residual_template_scale",
+            self.residual_template_scale,
+            "a positive number",
+        )
+        _check(
+            self.instance_seeds in ("centres", "distance", "hmaxima"),
+            c,
+            "instance_seeds",
+            self.instance_seeds,
+            "'centres', 'distance' or 'hmaxima'",
+        )
         _check(self.instance_h > 0, c, "instance_h", self.instance_h, "a positive number")
 
 
@@ -256,10 +338,20 @@ class MCFConfig:
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.detection, DetectionConfig), "MCFConfig", "detection",
-               type(self.detection).__name__, "a DetectionConfig")
-        _check(isinstance(self.segmentation, SegmentationConfig), "MCFConfig",
-               "segmentation", type(self.segmentation).__name__, "a SegmentationConfig")
+        _check(
+            isinstance(self.detection, DetectionConfig),
+            "MCFConfig",
+            "detection",
+            type(self.detection).__name__,
+            "a DetectionConfig",
+        )
+        _check(
+            isinstance(self.segmentation, SegmentationConfig),
+            "MCFConfig",
+            "segmentation",
+            type(self.segmentation).__name__,
+            "a SegmentationConfig",
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MCFConfig:

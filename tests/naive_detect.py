@@ -45,8 +45,9 @@ def topk_sum(values, t: int) -> float:
     return float(sum(v[:t]))
 
 
-def fuse(responses: np.ndarray, *, top_t: int, top_h: int, mode: str = "topk",
-         scale_weights=None) -> np.ndarray:
+def fuse(
+    responses: np.ndarray, *, top_t: int, top_h: int, mode: str = "topk", scale_weights=None
+) -> np.ndarray:
     """Eqs. (2)-(3) on (N, K, U, H, W) maps with plain loops (float64)."""
     r = np.asarray(responses, dtype=np.float64)
     n, k, u, h, w = r.shape

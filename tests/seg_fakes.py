@@ -23,8 +23,9 @@ BLUE = (70, 60, 170)
 TOL = 30.0
 
 
-def disk_image(h: int, w: int, centres, radius: int, colours, *, seed: int = 0
-               ) -> tuple[np.ndarray, np.ndarray]:
+def disk_image(
+    h: int, w: int, centres, radius: int, colours, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """An RGB image with flat-coloured noisy disks on a pink background, and its labels."""
     rng = np.random.default_rng(seed)
     img = np.empty((h, w, 3), np.float64)
@@ -41,14 +42,22 @@ def disk_image(h: int, w: int, centres, radius: int, colours, *, seed: int = 0
 
 
 def grid_centres(h: int, w: int, step: int, margin: int) -> list[tuple[int, int]]:
-    return [(y, x) for y in range(margin, h - margin + 1, step)
-            for x in range(margin, w - margin + 1, step)]
+    return [
+        (y, x)
+        for y in range(margin, h - margin + 1, step)
+        for x in range(margin, w - margin + 1, step)
+    ]
 
 
-def make_templates(image: np.ndarray, points, *, size: int = 24, name: str = "image0"
-                   ) -> TemplateSet:
-    return TemplateSet([Template(image=name, y=y, x=x, size=size,
-                                 crop=crop_template(image, y, x, size)) for y, x in points])
+def make_templates(
+    image: np.ndarray, points, *, size: int = 24, name: str = "image0"
+) -> TemplateSet:
+    return TemplateSet(
+        [
+            Template(image=name, y=y, x=x, size=size, crop=crop_template(image, y, x, size))
+            for y, x in points
+        ]
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,9 +75,14 @@ class ColourDetector:
     def __init__(self, templates: TemplateSet, config=None, *, device: str = "cpu") -> None:
         self.templates = templates
         self.config = config
-        self.colours = np.array([t.crop[t.size // 2 - 2:t.size // 2 + 3,
-                                        t.size // 2 - 2:t.size // 2 + 3].reshape(-1, 3).mean(0)
-                                 for t in templates])
+        self.colours = np.array(
+            [
+                t.crop[t.size // 2 - 2 : t.size // 2 + 3, t.size // 2 - 2 : t.size // 2 + 3]
+                .reshape(-1, 3)
+                .mean(0)
+                for t in templates
+            ]
+        )
 
     def detect(self, image: np.ndarray) -> FakeDetection:
         img = image.astype(np.float64)
@@ -84,9 +98,13 @@ class ColourDetector:
         pseudo = np.full(d.shape, -1, np.int8)
         pseudo[background] = 0
         pseudo[core] = 1
-        return FakeDetection(centres=centres, scores=np.ones(len(centres), np.float32),
-                             response=response, gdbp=np.zeros(d.shape, np.float32),
-                             pseudo_mask=pseudo)
+        return FakeDetection(
+            centres=centres,
+            scores=np.ones(len(centres), np.float32),
+            response=response,
+            gdbp=np.zeros(d.shape, np.float32),
+            pseudo_mask=pseudo,
+        )
 
     def with_templates(self, templates: TemplateSet) -> ColourDetector:
         return type(self)(templates, self.config)

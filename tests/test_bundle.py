@@ -22,8 +22,9 @@ from mcf_fast.errors import FormatError, InputError
 from mcf_fast.pipeline.bundle import BUNDLE_VERSION
 from mcf_fast.pipeline.mcf import MCF, MCFModel
 
-SEG = SegmentationConfig(width=8, depth=2, crop_size=32, batch_size=4, steps=15, self_steps=0,
-                         lr=1e-2, max_rounds=1)
+SEG = SegmentationConfig(
+    width=8, depth=2, crop_size=32, batch_size=4, steps=15, self_steps=0, lr=1e-2, max_rounds=1
+)
 
 
 @pytest.fixture(autouse=True)
@@ -77,8 +78,14 @@ def test_saved_and_loaded_bundle_predicts_identically(model_and_image, tmp_path)
 
 def test_bundle_records_stain_state(model_and_image, tmp_path, monkeypatch):
     model, img = model_and_image
-    stained = MCFModel(model.config, model.templates, model.detector, model.net,
-                       stain=_Stain(7), history=model.history)
+    stained = MCFModel(
+        model.config,
+        model.templates,
+        model.detector,
+        model.net,
+        stain=_Stain(7),
+        history=model.history,
+    )
     path = stained.save(tmp_path / "s.mcf")
     import mcf_fast.ops.stain as stain_mod
 
@@ -145,8 +152,9 @@ def test_real_detector_fit_and_bundle(monuseg, tmp_path, monkeypatch):
     train = FolderDataset(monuseg / "train")
     templates = select_templates(train, n=4, seed=0)
     images = [train.load_image(n)[:256, :256] for n in train.names[:2]]
-    seg = SegmentationConfig(width=8, depth=3, crop_size=64, batch_size=4, steps=10,
-                             self_steps=5, max_rounds=1)
+    seg = SegmentationConfig(
+        width=8, depth=3, crop_size=64, batch_size=4, steps=10, self_steps=5, max_rounds=1
+    )
     model = MCF(MCFConfig(segmentation=seg)).fit(images, templates, progress=False)
     assert type(model.detector).__name__ == "Detector"
     test = FolderDataset(monuseg / "test").load_image(0)[:200, :300]

@@ -39,13 +39,18 @@ def test_margin_extends_the_output(rng):
 
 def test_image_smaller_than_filter(rng):
     z, w = _data(rng, 3, 4, 2, 9, 3)
-    np.testing.assert_allclose(correlate_bank(z, w), naive_correlate(z, w),
-                               atol=2e-4 * 9 * 9 * 2)
+    np.testing.assert_allclose(correlate_bank(z, w), naive_correlate(z, w), atol=2e-4 * 9 * 9 * 2)
 
 
 @settings(max_examples=25, deadline=None)
-@given(h=st.integers(1, 19), w=st.integers(1, 19), c=st.integers(1, 3),
-       half=st.integers(0, 4), n=st.integers(1, 3), seed=st.integers(0, 2**16))
+@given(
+    h=st.integers(1, 19),
+    w=st.integers(1, 19),
+    c=st.integers(1, 3),
+    half=st.integers(0, 4),
+    n=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
 def test_hypothesis_parity(h, w, c, half, n, seed):
     rng = np.random.default_rng(seed)
     z, filt = _data(rng, h, w, c, 2 * half + 1, n)

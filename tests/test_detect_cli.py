@@ -20,15 +20,28 @@ def workdir(tmp_path_factory):
     (d / "images").mkdir()
     write_image(d / "images" / "a.png", img)
     write_image(d / "images" / "b.png", img.mean(2).astype(np.uint8))  # grayscale
-    TemplateSet.from_points(img, [CENTRES[0], CENTRES[2]], size=17,
-                            image_name="a").save(d / "t.json")
+    TemplateSet.from_points(img, [CENTRES[0], CENTRES[2]], size=17, image_name="a").save(
+        d / "t.json"
+    )
     return d
 
 
 def test_detect_folder_writes_all_outputs(workdir, capsys):
     out = workdir / "out"
-    assert main(["detect", str(workdir / "images"), "--templates", str(workdir / "t.json"),
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "detect",
+                str(workdir / "images"),
+                "--templates",
+                str(workdir / "t.json"),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     for name in ("a", "b"):
         for suffix in (".csv", "_response.png", "_pseudo.png", "_overlay.png"):
             assert (out / f"{name}{suffix}").is_file()
@@ -43,19 +56,47 @@ def test_detect_folder_writes_all_outputs(workdir, capsys):
 
 def test_detect_bad_input(workdir, tmp_path, capsys):
     t = str(workdir / "t.json")
-    assert main(["detect", str(tmp_path / "nope.png"), "--templates", t,
-                 "--out", str(tmp_path / "o")]) == 1
+    assert (
+        main(["detect", str(tmp_path / "nope.png"), "--templates", t, "--out", str(tmp_path / "o")])
+        == 1
+    )
     assert "no such file" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["detect", str(tmp_path / "empty"), "--templates", t,
-                 "--out", str(tmp_path / "o")]) == 1
+    assert (
+        main(["detect", str(tmp_path / "empty"), "--templates", t, "--out", str(tmp_path / "o")])
+        == 1
+    )
     assert "no images" in capsys.readouterr().err
-    assert main(["detect", str(workdir / "images" / "a.png"), "--templates", t, "--out",
-                 str(tmp_path / "o"), "--color-names", str(tmp_path / "w2c.npy")]) == 1
+    assert (
+        main(
+            [
+                "detect",
+                str(workdir / "images" / "a.png"),
+                "--templates",
+                t,
+                "--out",
+                str(tmp_path / "o"),
+                "--color-names",
+                str(tmp_path / "w2c.npy"),
+            ]
+        )
+        == 1
+    )
     assert "w2c.npy" in capsys.readouterr().err
     assert not (tmp_path / "o" / "a.csv").exists()
-    assert main(["detect", str(workdir / "images"), "--templates",
-                 str(tmp_path / "missing.json"), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "detect",
+                str(workdir / "images"),
+                "--templates",
+                str(tmp_path / "missing.json"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_help():

@@ -45,8 +45,10 @@ def detector(templates) -> Detector:
 
 
 def _matched(centres: np.ndarray, radius: float = 3.0) -> int:
-    return sum(bool(len(centres)) and np.min(np.hypot(*(centres - np.array(c)).T)) <= radius
-               for c in CENTRES)
+    return sum(
+        bool(len(centres)) and np.min(np.hypot(*(centres - np.array(c)).T)) <= radius
+        for c in CENTRES
+    )
 
 
 def test_detects_every_disc(detector, image):
@@ -71,8 +73,9 @@ def test_detects_every_disc(detector, image):
 def test_folded_path_equals_general_path(templates, image, g_level):
     cfg = DetectionConfig(**SMALL, g_level=g_level)
     fast = Detector(templates, cfg)
-    slow = Detector(templates, DetectionConfig(**SMALL, g_level=g_level, fold_crops=False),
-                    _bank=fast.bank)
+    slow = Detector(
+        templates, DetectionConfig(**SMALL, g_level=g_level, fold_crops=False), _bank=fast.bank
+    )
     assert fast._folded and not slow._folded
     a = fast.fused_response(fast._features(image))
     b = slow.fused_response(slow._features(image))
@@ -80,8 +83,15 @@ def test_folded_path_equals_general_path(templates, image, g_level):
 
 
 def test_paper_rule_and_ablations_run(templates, image):
-    for extra in (dict(pseudo_rule="paper"), dict(use_cff=False), dict(use_mff=False),
-                  dict(top_h=1), dict(fusion="mean"), dict(use_gdbp=False), dict(top_t=2)):
+    for extra in (
+        dict(pseudo_rule="paper"),
+        dict(use_cff=False),
+        dict(use_mff=False),
+        dict(top_h=1),
+        dict(fusion="mean"),
+        dict(use_gdbp=False),
+        dict(top_t=2),
+    ):
         r = Detector(templates, DetectionConfig(**{**SMALL, **extra})).detect(image)
         assert _matched(r.centres, 4.0) >= len(CENTRES) - 2, extra
 
@@ -127,8 +137,9 @@ def test_bank_save_load_and_with_templates(detector, templates, image, tmp_path)
     np.testing.assert_array_equal(back.detect(image).centres, detector.detect(image).centres)
     with pytest.raises(FormatError, match="does not match"):
         Detector.load(templates, p, DetectionConfig())
-    more = templates.add(TemplateSet.from_points(image, [CENTRES[5]], size=19,
-                                                 image_name="syn").templates)
+    more = templates.add(
+        TemplateSet.from_points(image, [CENTRES[5]], size=19, image_name="syn").templates
+    )
     d2 = detector.with_templates(more)
     assert len(d2.templates) == 3 and d2.bank.filters[0] is detector.bank.filters[0]
     fresh = Detector(more, detector.config)
@@ -146,8 +157,7 @@ from tests.naive_detect import local_maxima  # noqa: E402
 
 
 @settings(max_examples=20, deadline=None)
-@given(h=st.integers(1, 30), w=st.integers(1, 30), r=st.integers(1, 4),
-       seed=st.integers(0, 2**16))
+@given(h=st.integers(1, 30), w=st.integers(1, 30), r=st.integers(1, 4), seed=st.integers(0, 2**16))
 def test_find_centres_are_separated_local_maxima(h, w, r, seed):
     rng = np.random.default_rng(seed)
     d = ndi.gaussian_filter(rng.random((h, w)), 1.5).astype(np.float32)
@@ -176,8 +186,15 @@ def test_paper_pseudo_rule():
     s = np.full((20, 20), 0.2, np.float32)
     s[8:13, 8:13] = 0.9
     s[10, 10] = 1.0
-    m = pseudo_mask(np.zeros((20, 20, 3), np.uint8), s, np.array([[10, 10]]), window=9,
-                    rule="paper", t1=0.4, ratio=0.8)
+    m = pseudo_mask(
+        np.zeros((20, 20, 3), np.uint8),
+        s,
+        np.array([[10, 10]]),
+        window=9,
+        rule="paper",
+        t1=0.4,
+        ratio=0.8,
+    )
     assert np.all(m[8:13, 8:13] == 1)
     assert m[0, 0] == 0 and (m == -1).sum() == 0
 

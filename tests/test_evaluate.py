@@ -21,8 +21,9 @@ from mcf_fast.pipeline.evaluate import PAPER, results_markdown, run_evaluation
 HAVE_MCF = importlib.util.find_spec("mcf_fast.pipeline.mcf") is not None
 HAVE_DETECTOR = importlib.util.find_spec("mcf_fast.pipeline.detector") is not None
 needs_mcf = pytest.mark.skipif(not HAVE_MCF, reason="mcf_fast.pipeline.mcf not available")
-needs_detector = pytest.mark.skipif(not HAVE_DETECTOR,
-                                    reason="mcf_fast.pipeline.detector not available")
+needs_detector = pytest.mark.skipif(
+    not HAVE_DETECTOR, reason="mcf_fast.pipeline.detector not available"
+)
 
 
 def _scene(seed: int, shape=(128, 128)) -> tuple[np.ndarray, np.ndarray]:
@@ -49,8 +50,9 @@ def dataset(tmp_path_factory) -> Path:
 
 
 TINY = MCFConfig(
-    segmentation=SegmentationConfig(width=4, depth=2, crop_size=64, batch_size=2, steps=3,
-                                    self_steps=1, max_rounds=1, tile=128)
+    segmentation=SegmentationConfig(
+        width=4, depth=2, crop_size=64, batch_size=2, steps=3, self_steps=1, max_rounds=1, tile=128
+    )
 )
 
 
@@ -61,8 +63,16 @@ def _aggregate_close(a: dict, b: dict) -> None:
 
 def test_watershed_end_to_end(dataset, tmp_path):
     out = tmp_path / "eval"
-    report = run_evaluation(dataset, out=out, n_templates=3, methods="watershed", config=TINY,
-                            tune_crop=None, progress=False, command="test command")
+    report = run_evaluation(
+        dataset,
+        out=out,
+        n_templates=3,
+        methods="watershed",
+        config=TINY,
+        tune_crop=None,
+        progress=False,
+        command="test command",
+    )
     assert report["complete"] and report["n_train"] == 2 and report["n_test"] == 2
     (row,) = report["runs"]
     assert row["method"] == "watershed" and row["stain"] == "none"
@@ -73,7 +83,8 @@ def test_watershed_end_to_end(dataset, tmp_path):
     _aggregate_close(rescored["aggregate"], row["aggregate"])
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["complete"] and on_disk["runs"][0]["aggregate"]["Dice"] == pytest.approx(
-        row["aggregate"]["Dice"])
+        row["aggregate"]["Dice"]
+    )
     assert (out / "templates.json").is_file()
     md = (out / "results.md").read_text()
     assert "test command" in md and "watershed baseline" in md
@@ -84,9 +95,16 @@ def test_watershed_end_to_end(dataset, tmp_path):
 
 def test_watershed_with_stain_and_given_params(dataset, tmp_path):
     params = WatershedParams(sigma=1.0, min_distance=5)
-    report = run_evaluation(dataset, out=tmp_path, methods=["watershed"], stain="none,macenko",
-                            config=TINY, watershed_params=params, n_templates=2,
-                            progress=False)
+    report = run_evaluation(
+        dataset,
+        out=tmp_path,
+        methods=["watershed"],
+        stain="none,macenko",
+        config=TINY,
+        watershed_params=params,
+        n_templates=2,
+        progress=False,
+    )
     rows = report["runs"]
     assert [r["stain"] for r in rows] == ["none", "macenko"]
     assert rows[1]["pred_dir"] == "watershed-macenko"
@@ -96,13 +114,31 @@ def test_watershed_with_stain_and_given_params(dataset, tmp_path):
     for r in rows:
         assert r["aggregate"]["Dice"] > 0.8
         assert sorted(p.name for p in (tmp_path / r["pred_dir"]).glob("*.png")) == [
-            "img3.png", "img4.png"]
+            "img3.png",
+            "img4.png",
+        ]
 
 
 def test_cli_watershed_limit(dataset, tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = main(["evaluate", "--data", str(dataset), "--out", str(out), "--method", "watershed",
-               "--n-templates", "2", "--limit", "1", "--no-progress", "--preset", "quick"])
+    rc = main(
+        [
+            "evaluate",
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--method",
+            "watershed",
+            "--n-templates",
+            "2",
+            "--limit",
+            "1",
+            "--no-progress",
+            "--preset",
+            "quick",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "watershed" in printed and "Dice" in printed
@@ -119,35 +155,73 @@ def test_errors(dataset, tmp_path):
     with pytest.raises(ConfigError, match="stain"):
         run_evaluation(dataset, out=tmp_path, methods="watershed", stain="sepia", config=TINY)
     with pytest.raises(ConfigError, match="template count"):
-        run_evaluation(dataset, out=tmp_path, methods="watershed", templates_sweep="2,0",
-                       config=TINY)
+        run_evaluation(
+            dataset, out=tmp_path, methods="watershed", templates_sweep="2,0", config=TINY
+        )
     with pytest.raises(DataError, match="test"):
         run_evaluation(dataset / "train", out=tmp_path, methods="watershed", config=TINY)
-    assert main(["evaluate", "--data", str(dataset), "--out", str(tmp_path),
-                 "--method", "nope", "--no-progress"]) == 1
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(dataset),
+                "--out",
+                str(tmp_path),
+                "--method",
+                "nope",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
 
 
 def test_results_markdown_sections():
     agg = {k: 0.5 for k in METRIC_KEYS}
     row = {"aggregate": agg, "wall_s": 1.0, "pred_dir": "x", "stain": "none"}
     report = {
-        "command": "mcf evaluate", "date": "2026-01-01 00:00 UTC",
+        "command": "mcf evaluate",
+        "date": "2026-01-01 00:00 UTC",
         "machine": {"cpu": "cpu", "cpu_cores": 2, "os": "Linux", "python": "3.11"},
-        "wall_s": 3.0, "complete": True, "data": "d", "n_train": 1, "n_test": 1,
-        "n_templates": 10, "seed": 0, "templates_file": "templates.json", "preset": "quick",
-        "device": "cpu", "stain": {},
+        "wall_s": 3.0,
+        "complete": True,
+        "data": "d",
+        "n_train": 1,
+        "n_test": 1,
+        "n_templates": 10,
+        "seed": 0,
+        "templates_file": "templates.json",
+        "preset": "quick",
+        "device": "cpu",
+        "stain": {},
         "runs": [
-            {**row, "section": "main", "method": "mcf", "variant": "",
-             "detector_centres": {"P@6": 0.25, "R@6": 0.25, "F1@6": 0.25, "P@12": 0.75,
-                                  "R@12": 0.75, "F1@12": 0.75}},
+            {
+                **row,
+                "section": "main",
+                "method": "mcf",
+                "variant": "",
+                "detector_centres": {
+                    "P@6": 0.25,
+                    "R@6": 0.25,
+                    "F1@6": 0.25,
+                    "P@12": 0.75,
+                    "R@12": 0.75,
+                    "F1@12": 0.75,
+                },
+            },
             {**row, "section": "ablation-detection", "method": "detector", "variant": "-CFF"},
             {**row, "section": "ablation-segmentation", "method": "mcf", "variant": "CE"},
             {**row, "section": "sweep", "method": "mcf", "variant": "n=4", "n_templates": 4},
         ],
     }
     md = results_markdown(report)
-    for heading in ("## Main results", "## Ablation: detection branch",
-                    "## Ablation: segmentation branch", "## Number of templates"):
+    for heading in (
+        "## Main results",
+        "## Ablation: detection branch",
+        "## Ablation: segmentation branch",
+        "## Number of templates",
+    ):
         assert heading in md
     assert "| 50.00 |" in md
     assert "detector's own centres" in md and "| 75.00 |" in md
@@ -159,8 +233,15 @@ def test_results_markdown_sections():
 @needs_mcf
 @needs_detector
 def test_mcf_and_supervised_end_to_end(dataset, tmp_path):
-    report = run_evaluation(dataset, out=tmp_path, n_templates=3, methods="mcf",
-                            supervised=True, config=TINY, progress=False)
+    report = run_evaluation(
+        dataset,
+        out=tmp_path,
+        n_templates=3,
+        methods="mcf",
+        supervised=True,
+        config=TINY,
+        progress=False,
+    )
     methods = [r["method"] for r in report["runs"]]
     assert methods == ["mcf", "supervised"]
     for r in report["runs"]:
@@ -173,8 +254,15 @@ def test_mcf_and_supervised_end_to_end(dataset, tmp_path):
     _aggregate_close(rescored["aggregate"], mcf_row["aggregate"])
     # every fit leaves a checkpoint; resuming from it gives the same model and numbers
     assert (tmp_path / "checkpoints" / "mcf").is_dir()
-    again = run_evaluation(dataset, out=tmp_path, n_templates=3, methods="mcf", config=TINY,
-                           progress=False, resume=True)
+    again = run_evaluation(
+        dataset,
+        out=tmp_path,
+        n_templates=3,
+        methods="mcf",
+        config=TINY,
+        progress=False,
+        resume=True,
+    )
     _aggregate_close(again["runs"][0]["aggregate"], mcf_row["aggregate"])
 
 
@@ -207,8 +295,9 @@ class _FakeDetector:
         from mcf_fast.pipeline.baselines import watershed_nuclei
 
         labels = watershed_nuclei(image)
-        return SimpleNamespace(centres=instance_centres(labels),
-                               pseudo_mask=np.where(labels > 0, 1, 0).astype(np.int8))
+        return SimpleNamespace(
+            centres=instance_centres(labels), pseudo_mask=np.where(labels > 0, 1, 0).astype(np.int8)
+        )
 
 
 def test_ablation_and_sweep_plumbing(dataset, tmp_path, monkeypatch):
@@ -228,18 +317,32 @@ def test_ablation_and_sweep_plumbing(dataset, tmp_path, monkeypatch):
     fake_module.Detector = _FakeDetector
     monkeypatch.setitem(__import__("sys").modules, "mcf_fast.pipeline.detector", fake_module)
     _FakeDetector.configs = []
-    report = run_evaluation(dataset, out=tmp_path, n_templates=3, methods="mcf",
-                            ablation=True, templates_sweep="1,2", config=TINY, progress=False)
+    report = run_evaluation(
+        dataset,
+        out=tmp_path,
+        n_templates=3,
+        methods="mcf",
+        ablation=True,
+        templates_sweep="1,2",
+        config=TINY,
+        progress=False,
+    )
     variants = [(r["section"], r["variant"]) for r in report["runs"]]
     assert variants == [
         ("main", ""),
-        ("ablation-detection", "MCF"), ("ablation-detection", "-CFF"),
-        ("ablation-detection", "-MFF"), ("ablation-detection", "H=1"),
-        ("ablation-detection", "mean"), ("ablation-detection", "-GDBP"),
-        ("ablation-segmentation", "-seg."), ("ablation-segmentation", "-self."),
-        ("ablation-segmentation", "-syn."), ("ablation-segmentation", "CE"),
+        ("ablation-detection", "MCF"),
+        ("ablation-detection", "-CFF"),
+        ("ablation-detection", "-MFF"),
+        ("ablation-detection", "H=1"),
+        ("ablation-detection", "mean"),
+        ("ablation-detection", "-GDBP"),
+        ("ablation-segmentation", "-seg."),
+        ("ablation-segmentation", "-self."),
+        ("ablation-segmentation", "-syn."),
+        ("ablation-segmentation", "CE"),
         ("ablation-segmentation", "+weig."),
-        ("sweep", "n=1"), ("sweep", "n=2"),
+        ("sweep", "n=1"),
+        ("sweep", "n=2"),
     ]
     base_det = TINY.detection
     dets = _FakeDetector.configs
@@ -256,8 +359,11 @@ def test_ablation_and_sweep_plumbing(dataset, tmp_path, monkeypatch):
     assert report["runs"][0]["detector_centres"]["P@6"] > 0.9  # half of the centres, all right
     assert report["runs"][0]["detector_centres"]["R@6"] < 0.7
     md = (tmp_path / "results.md").read_text()
-    for heading in ("## Ablation: detection branch", "## Ablation: segmentation branch",
-                    "## Number of templates"):
+    for heading in (
+        "## Ablation: detection branch",
+        "## Ablation: segmentation branch",
+        "## Number of templates",
+    ):
         assert heading in md
     assert (tmp_path / "ablation" / "detector-no-cff").is_dir()
     assert (tmp_path / "ablation" / "mcf-plus-weig").is_dir()
@@ -265,7 +371,8 @@ def test_ablation_and_sweep_plumbing(dataset, tmp_path, monkeypatch):
 
 
 def test_switches_already_off_and_the_main_template_count_are_not_refitted(
-        dataset, tmp_path, monkeypatch):
+    dataset, tmp_path, monkeypatch
+):
     import dataclasses
     import types
 
@@ -282,14 +389,27 @@ def test_switches_already_off_and_the_main_template_count_are_not_refitted(
     fake_module.Detector = _FakeDetector
     monkeypatch.setitem(__import__("sys").modules, "mcf_fast.pipeline.detector", fake_module)
     no_self = dataclasses.replace(
-        TINY, segmentation=dataclasses.replace(TINY.segmentation, use_self_finetune=False))
-    report = run_evaluation(dataset, out=tmp_path, n_templates=2, methods="mcf",
-                            ablation=True, templates_sweep="1,2", config=no_self,
-                            progress=False)
+        TINY, segmentation=dataclasses.replace(TINY.segmentation, use_self_finetune=False)
+    )
+    report = run_evaluation(
+        dataset,
+        out=tmp_path,
+        n_templates=2,
+        methods="mcf",
+        ablation=True,
+        templates_sweep="1,2",
+        config=no_self,
+        progress=False,
+    )
     # main, -seg., -syn., CE, +weig., n=1: "-self." and n=2 are the main fit
-    assert [f for _, _, f in fits] == ["mcf", "ablation/mcf-no-seg", "ablation/mcf-no-syn",
-                                       "ablation/mcf-ce", "ablation/mcf-plus-weig",
-                                       "sweep/mcf-n1"]
+    assert [f for _, _, f in fits] == [
+        "mcf",
+        "ablation/mcf-no-seg",
+        "ablation/mcf-no-syn",
+        "ablation/mcf-ce",
+        "ablation/mcf-plus-weig",
+        "sweep/mcf-n1",
+    ]
     runs = {(r["section"], r["variant"]): r for r in report["runs"]}
     main = runs[("main", "")]
     for key in (("ablation-segmentation", "-self."), ("sweep", "n=2")):
@@ -305,8 +425,16 @@ def test_switches_already_off_and_the_main_template_count_are_not_refitted(
 @needs_mcf
 @needs_detector
 def test_ablation_and_sweep(dataset, tmp_path):
-    report = run_evaluation(dataset, out=tmp_path, n_templates=2, methods="mcf",
-                            ablation=True, templates_sweep="1,2", config=TINY, progress=False)
+    report = run_evaluation(
+        dataset,
+        out=tmp_path,
+        n_templates=2,
+        methods="mcf",
+        ablation=True,
+        templates_sweep="1,2",
+        config=TINY,
+        progress=False,
+    )
     by_section: dict[str, list[str]] = {}
     for r in report["runs"]:
         by_section.setdefault(r["section"], []).append(r["variant"])

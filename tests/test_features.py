@@ -58,10 +58,17 @@ def test_builtin_table_is_a_cached_distribution():
 @pytest.mark.parametrize(
     "rgb, name",
     [
-        ((0, 0, 0), "black"), ((255, 255, 255), "white"), ((128, 128, 128), "grey"),
-        ((230, 20, 30), "red"), ((20, 160, 20), "green"), ((20, 40, 230), "blue"),
-        ((255, 245, 10), "yellow"), ((255, 140, 0), "orange"), ((120, 40, 140), "purple"),
-        ((255, 175, 205), "pink"), ((125, 72, 30), "brown"),
+        ((0, 0, 0), "black"),
+        ((255, 255, 255), "white"),
+        ((128, 128, 128), "grey"),
+        ((230, 20, 30), "red"),
+        ((20, 160, 20), "green"),
+        ((20, 40, 230), "blue"),
+        ((255, 245, 10), "yellow"),
+        ((255, 140, 0), "orange"),
+        ((120, 40, 140), "purple"),
+        ((255, 175, 205), "pink"),
+        ((125, 72, 30), "brown"),
     ],
 )
 def test_builtin_table_names_basic_colours(rgb, name):
@@ -162,8 +169,10 @@ def test_numpy_hog_matches_naive(rng):
     img = _texture(rng, (15, 22))
     for bins, cell in ((9, 4), (5, 3)):
         np.testing.assert_allclose(
-            numpy_hog(img, bins=bins, cell=cell), naive_hog(img, bins=bins, cell=cell),
-            rtol=1e-10, atol=1e-12,
+            numpy_hog(img, bins=bins, cell=cell),
+            naive_hog(img, bins=bins, cell=cell),
+            rtol=1e-10,
+            atol=1e-12,
         )
 
 
@@ -232,8 +241,9 @@ def test_documented_conversions(rng):
     np.testing.assert_array_equal(extract_features(rgba), extract_features(rgb))
     np.testing.assert_array_equal(extract_features(rgb / 255.0), extract_features(rgb))
     # 16-bit: scaled by 255/65535 (v * 257 maps back to v exactly)
-    np.testing.assert_array_equal(extract_features(rgb.astype(np.uint16) * 257),
-                                  extract_features(rgb))
+    np.testing.assert_array_equal(
+        extract_features(rgb.astype(np.uint16) * 257), extract_features(rgb)
+    )
 
 
 def test_bad_inputs():
@@ -272,11 +282,12 @@ def test_tiled_equals_whole(rng, cell):
         a0, a1 = max(r0 - halo, 0), min(r1 + halo, 48)
         b0, b1 = max(c0 - halo, 0), min(c1 + halo, 53)
         tile = extract_features(img[a0:a1, b0:b1], cfg)
-        np.testing.assert_array_equal(tile[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0],
-                                      whole[r0:r1, c0:c1])
+        np.testing.assert_array_equal(
+            tile[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0], whole[r0:r1, c0:c1]
+        )
     # one pixel less context changes some values: the halo is tight
     r0, r1, c0, c1 = 20, 30, 20, 30
-    tight = extract_features(img[r0 - halo + 1 : r1 + halo - 1, c0 - halo + 1 : c1 + halo - 1],
-                             cfg)
-    assert not np.array_equal(tight[halo - 1 : -(halo - 1), halo - 1 : -(halo - 1)],
-                              whole[r0:r1, c0:c1])
+    tight = extract_features(img[r0 - halo + 1 : r1 + halo - 1, c0 - halo + 1 : c1 + halo - 1], cfg)
+    assert not np.array_equal(
+        tight[halo - 1 : -(halo - 1), halo - 1 : -(halo - 1)], whole[r0:r1, c0:c1]
+    )

@@ -105,8 +105,7 @@ def test_folded_filters_equal_the_sum_of_crop_filters(rng, g_level):
     rf = correlate_bank(z, folded).reshape(2, 5, 20, 22)
     rg = correlate_bank(z, general).reshape(2, 5, 3, 20, 22).sum(2)
     if g_level == "both":  # G_k still to apply to the general path: compare without it
-        rf = correlate_bank(z, correlation_filters(bank, g_level="crop")[0]).reshape(
-            2, 5, 20, 22)
+        rf = correlate_bank(z, correlation_filters(bank, g_level="crop")[0]).reshape(2, 5, 20, 22)
     np.testing.assert_allclose(rf, rg, atol=1e-3 * np.abs(rg).max())
 
 

@@ -26,8 +26,13 @@ def test_errors_are_value_errors():
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"top_t": 0}, "top_t"), ({"gdbp_p": 10, "gdbp_q": 10}, "gdbp_p"),
-     ({"t1": 1.5}, "t1"), ({"fusion": "max"}, "fusion"), ({"crop_fractions": ()}, "crop")],
+    [
+        ({"top_t": 0}, "top_t"),
+        ({"gdbp_p": 10, "gdbp_q": 10}, "gdbp_p"),
+        ({"t1": 1.5}, "t1"),
+        ({"fusion": "max"}, "fusion"),
+        ({"crop_fractions": ()}, "crop"),
+    ],
 )
 def test_detection_config_names_bad_field(kwargs, field):
     with pytest.raises(ConfigError, match=field):

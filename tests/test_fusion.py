@@ -51,16 +51,25 @@ def test_non_contiguous_input(rng):
 
 
 @settings(max_examples=30, deadline=None)
-@given(n=st.integers(1, 6), k=st.integers(1, 5), u=st.integers(1, 4), t=st.integers(1, 6),
-       hh=st.integers(1, 7), h=st.integers(1, 5), w=st.integers(1, 5),
-       seed=st.integers(0, 2**16), mean=st.booleans())
+@given(
+    n=st.integers(1, 6),
+    k=st.integers(1, 5),
+    u=st.integers(1, 4),
+    t=st.integers(1, 6),
+    hh=st.integers(1, 7),
+    h=st.integers(1, 5),
+    w=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+    mean=st.booleans(),
+)
 def test_hypothesis_fusion(n, k, u, t, hh, h, w, seed, mean):
     rng = np.random.default_rng(seed)
     r = rng.standard_normal((n, k, u, h, w)).astype(np.float32)
     mode = "mean" if mean else "topk"
     got = fuse_responses(r, top_t=t, top_h=hh, mode=mode)
-    np.testing.assert_allclose(got, naive_fuse(r, top_t=t, top_h=hh, mode=mode),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        got, naive_fuse(r, top_t=t, top_h=hh, mode=mode), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_ties_and_constant_maps():

@@ -134,5 +134,6 @@ def test_tiled_equals_whole(rng):
         a0, a1 = max(r0 - halo, 0), min(r1 + halo, 60)
         b0, b1 = max(c0 - halo, 0), min(c1 + halo, 57)
         tile = gdbp(s[a0:a1, b0:b1], p=3, q=10)
-        np.testing.assert_array_equal(tile[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0],
-                                      whole[r0:r1, c0:c1])
+        np.testing.assert_array_equal(
+            tile[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0], whole[r0:r1, c0:c1]
+        )

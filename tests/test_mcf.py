@@ -24,8 +24,18 @@ from mcf_fast.errors import DataError, InputError
 from mcf_fast.pipeline.instances import instance_labels, nucleus_table
 from mcf_fast.pipeline.mcf import MCF, MCFModel, mask_residual, missed_nuclei
 
-SEG = SegmentationConfig(width=8, depth=2, crop_size=32, batch_size=4, steps=40, self_steps=10,
-                         lr=1e-2, residual_min_area=40, max_rounds=3, templates_per_round=3)
+SEG = SegmentationConfig(
+    width=8,
+    depth=2,
+    crop_size=32,
+    batch_size=4,
+    steps=40,
+    self_steps=10,
+    lr=1e-2,
+    residual_min_area=40,
+    max_rounds=3,
+    templates_per_round=3,
+)
 CONFIG = MCFConfig(segmentation=SEG)
 PLANTED = (36, 36)
 
@@ -80,32 +90,43 @@ def test_resume_after_interruption_ends_like_uninterrupted(scene, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        MCF(CONFIG).fit([img], templates, progress=False, checkpoint_dir=tmp_path / "b",
-                        on_round=stop)
+        MCF(CONFIG).fit(
+            [img], templates, progress=False, checkpoint_dir=tmp_path / "b", on_round=stop
+        )
     assert (tmp_path / "b" / "state.json").is_file()
-    resumed = MCF(CONFIG).fit([img], templates, progress=False, checkpoint_dir=tmp_path / "b",
-                              resume=True)
+    resumed = MCF(CONFIG).fit(
+        [img], templates, progress=False, checkpoint_dir=tmp_path / "b", resume=True
+    )
     assert len(resumed.history) == len(full.history) == 2
     assert [h["added"] for h in resumed.history] == [h["added"] for h in full.history]
     assert len(resumed.templates) == len(full.templates)
-    for (ka, va), (kb, vb) in zip(full.net.state_dict().items(),
-                                  resumed.net.state_dict().items(), strict=True):
+    for (ka, va), (kb, vb) in zip(
+        full.net.state_dict().items(), resumed.net.state_dict().items(), strict=True
+    ):
         assert ka == kb and torch.equal(va, vb), ka
     assert np.array_equal(full.predict(img).labels, resumed.predict(img).labels)
     # a checkpoint of another job is refused
     other = dataclasses.replace(CONFIG, segmentation=dataclasses.replace(SEG, seed=5))
     with pytest.raises(InputError, match="other images, templates or settings"):
-        MCF(other).fit([img], templates, progress=False, checkpoint_dir=tmp_path / "b",
-                       resume=True)
+        MCF(other).fit([img], templates, progress=False, checkpoint_dir=tmp_path / "b", resume=True)
     # prediction-time settings do not invalidate it: resuming re-predicts without training
-    looser = dataclasses.replace(CONFIG, segmentation=dataclasses.replace(
-        SEG, threshold=0.3, min_nucleus_area=5, instance_seeds="distance", tta_flips=True))
+    looser = dataclasses.replace(
+        CONFIG,
+        segmentation=dataclasses.replace(
+            SEG, threshold=0.3, min_nucleus_area=5, instance_seeds="distance", tta_flips=True
+        ),
+    )
     seen = []
-    again = MCF(looser).fit([img], templates, progress=False, checkpoint_dir=tmp_path / "b",
-                            resume=True, on_round=lambda r, e: seen.append(r))
+    again = MCF(looser).fit(
+        [img],
+        templates,
+        progress=False,
+        checkpoint_dir=tmp_path / "b",
+        resume=True,
+        on_round=lambda r, e: seen.append(r),
+    )
     assert seen == [] and again.config.segmentation.threshold == 0.3
-    for va, vb in zip(full.net.state_dict().values(), again.net.state_dict().values(),
-                      strict=True):
+    for va, vb in zip(full.net.state_dict().values(), again.net.state_dict().values(), strict=True):
         assert torch.equal(va, vb)
 
 
@@ -132,13 +153,13 @@ class _Shift:
 
 def test_stain_normaliser_applies_to_images_and_templates(scene):
     img, _, templates = scene
-    cfg = dataclasses.replace(CONFIG, segmentation=dataclasses.replace(
-        SEG, steps=2, self_steps=0, max_rounds=1))
+    cfg = dataclasses.replace(
+        CONFIG, segmentation=dataclasses.replace(SEG, steps=2, self_steps=0, max_rounds=1)
+    )
     model = MCF(cfg).fit([img], templates, stain=_Shift(), progress=False)
     assert model.stain is not None
     t0 = model.templates[0]
-    assert np.array_equal(t0.crop.astype(int), np.clip(templates[0].crop.astype(int) + 10, 0,
-                                                       255))
+    assert np.array_equal(t0.crop.astype(int), np.clip(templates[0].crop.astype(int) + 10, 0, 255))
 
 
 def test_fit_rejects_bad_input(scene):
@@ -169,15 +190,15 @@ def test_missed_nuclei_filters():
         p1[m] = value
         return m
 
-    disk(20, 20, 6)                      # missed: kept
+    disk(20, 20, 6)  # missed: kept
     pm[disk(20, 55, 6)] = 0
-    pm[18:22, 53:57] = 1                 # overlaps the pseudo nucleus mask: dropped
-    disk(55, 20, 6)                      # holds a detected centre: dropped
-    disk(60, 60, 2)                      # too small: dropped
-    p1[40:43, 30:70] = 0.9               # elongated bar: not nucleus-shaped
-    p1[70:80, 40:50] = 0.9               # touches the border: dropped
+    pm[18:22, 53:57] = 1  # overlaps the pseudo nucleus mask: dropped
+    disk(55, 20, 6)  # holds a detected centre: dropped
+    disk(60, 60, 2)  # too small: dropped
+    p1[40:43, 30:70] = 0.9  # elongated bar: not nucleus-shaped
+    p1[70:80, 40:50] = 0.9  # touches the border: dropped
     ring = ((yy - 40) ** 2 + (xx - 10) ** 2 <= 49) & ((yy - 40) ** 2 + (xx - 10) ** 2 >= 16)
-    p1[ring] = 0.8                       # not convex: dropped
+    p1[ring] = 0.8  # not convex: dropped
     found = missed_nuclei(p1, pm, np.array([[55, 20]]), t4=0.65, min_area=40, max_area=200)
     assert [(d["y"], d["x"]) for d in found] == [(20, 20)]
     assert found[0]["area"] == int(np.sum((yy - 20) ** 2 + (xx - 20) ** 2 <= 36))
@@ -230,8 +251,10 @@ def test_instances_hmaxima_split_touching_keep_one_and_drop_specks():
     assert instance_labels(disc, seeds="hmaxima").max() == 1
     # two unequal discs: split while the smaller one's peak stands h above the neck
     pair = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 100) | ((yy - 20) ** 2 + (xx - 35) ** 2 <= 64)
-    counts = [instance_labels(pair.astype(np.float32), seeds="hmaxima", min_area=12,
-                              h=h).max() for h in (0.5, 1.0, 2.0, 5.0)]
+    counts = [
+        instance_labels(pair.astype(np.float32), seeds="hmaxima", min_area=12, h=h).max()
+        for h in (0.5, 1.0, 2.0, 5.0)
+    ]
     assert counts == [2, 2, 1, 1]
     # a speck of min_area or more survives, as its own instance
     assert instance_labels(p, seeds="hmaxima", min_area=4).max() == 3
@@ -244,8 +267,9 @@ def test_instances_hmaxima_by_component_equals_whole_map_reconstruction(rng):
 
     yy, xx = np.mgrid[:160, :200]
     p = np.zeros((160, 200), np.float32)
-    for cy, cx, r in zip(rng.uniform(10, 150, 40), rng.uniform(10, 190, 40),
-                         rng.uniform(4, 11, 40), strict=True):
+    for cy, cx, r in zip(
+        rng.uniform(10, 150, 40), rng.uniform(10, 190, 40), rng.uniform(4, 11, 40), strict=True
+    ):
         p[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1.0
     for h in (0.5, 1.0, 2.0):
         lab = instance_labels(p, seeds="hmaxima", min_area=20, h=h)
@@ -313,8 +337,9 @@ def test_pseudo_masks_without_background_are_an_error(scene, monkeypatch):
 
 def test_history_records_pseudo_fractions(scene):
     img, _, templates = scene
-    cfg = dataclasses.replace(CONFIG, segmentation=dataclasses.replace(
-        SEG, steps=2, self_steps=0, max_rounds=1))
+    cfg = dataclasses.replace(
+        CONFIG, segmentation=dataclasses.replace(SEG, steps=2, self_steps=0, max_rounds=1)
+    )
     model = MCF(cfg).fit([img], templates, progress=False)
     frac = model.history[0]["pseudo_fractions"]
     pm = ColourDetector(templates).detect(img).pseudo_mask

@@ -23,9 +23,19 @@ from mcf_fast.config import MCFConfig, SegmentationConfig
 from mcf_fast.io.images import read_image, read_labels, write_image
 from mcf_fast.pipeline.mcf import MCFModel
 
-TINY = MCFConfig(segmentation=SegmentationConfig(
-    width=8, depth=2, crop_size=32, batch_size=4, steps=30, self_steps=10, lr=1e-2,
-    residual_min_area=40, max_rounds=3))
+TINY = MCFConfig(
+    segmentation=SegmentationConfig(
+        width=8,
+        depth=2,
+        crop_size=32,
+        batch_size=4,
+        steps=30,
+        self_steps=10,
+        lr=1e-2,
+        residual_min_area=40,
+        max_rounds=3,
+    )
+)
 
 
 @pytest.fixture(autouse=True)
@@ -45,8 +55,7 @@ def data(tmp_path):
         img, _ = disk_image(96, 96, centres, 7, colours, seed=10 + i)
         write_image(folder / f"tile{i}.png", img)
         imgs.append(img)
-    tpath = make_templates(imgs[1], [(12, 12), (60, 36)], name="tile1").save(
-        tmp_path / "t.json")
+    tpath = make_templates(imgs[1], [(12, 12), (60, 36)], name="tile1").save(tmp_path / "t.json")
     return tmp_path, tpath
 
 
@@ -58,16 +67,35 @@ def test_help():
 def test_fit_then_predict_writes_outputs(data, capsys):
     root, tpath = data
     model_path = root / "m.mcf"
-    rc = main(["fit", str(root / "train"), "--templates", str(tpath), "--out", str(model_path),
-               "--seed", "1", "--quiet"])
+    rc = main(
+        [
+            "fit",
+            str(root / "train"),
+            "--templates",
+            str(tpath),
+            "--out",
+            str(model_path),
+            "--seed",
+            "1",
+            "--quiet",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     model = MCFModel.load(model_path)
     assert model.config.segmentation.seed == 1
     assert len(model.templates) == 3  # the blue nucleus of tile0 was added
     assert model.history[0]["added"][0]["image"] == "tile0"
     out = root / "pred"
-    rc = main(["predict", str(root / "train" / "images" / "tile0.png"), "--model",
-               str(model_path), "--out", str(out)])
+    rc = main(
+        [
+            "predict",
+            str(root / "train" / "images" / "tile0.png"),
+            "--model",
+            str(model_path),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     assert "predict" in capsys.readouterr().err  # the progress bar
     labels = read_labels(out / "tile0.png")
@@ -114,8 +142,7 @@ def test_clear_errors(data, tmp_path, capsys):
     root, tpath = data
     junk = tmp_path / "junk.mcf"
     junk.write_bytes(b"nope")
-    rc = main(["predict", str(root / "train"), "--model", str(junk), "--out",
-               str(tmp_path / "o")])
+    rc = main(["predict", str(root / "train"), "--model", str(junk), "--out", str(tmp_path / "o")])
     assert rc == 1
     assert "junk.mcf: not a model bundle" in capsys.readouterr().err
     empty = tmp_path / "empty"
@@ -123,7 +150,17 @@ def test_clear_errors(data, tmp_path, capsys):
     rc = main(["fit", str(empty), "--templates", str(tpath), "--out", str(tmp_path / "x.mcf")])
     assert rc == 1
     assert "no images" in capsys.readouterr().err
-    rc = main(["fit", str(root / "train"), "--templates", str(tpath), "--out",
-               str(tmp_path / "x.mcf"), "--device", "tpu"])
+    rc = main(
+        [
+            "fit",
+            str(root / "train"),
+            "--templates",
+            str(tpath),
+            "--out",
+            str(tmp_path / "x.mcf"),
+            "--device",
+            "tpu",
+        ]
+    )
     assert rc == 1
     assert "--device tpu" in capsys.readouterr().err

@@ -422,8 +422,21 @@ def test_cli_slide_through_openslide_matches_tiffslide(slide_image, tmp_path):
     csv = {}
     for backend in ("tiffslide", "openslide"):
         out = tmp_path / backend
-        args = ["slide", str(path), "--model", "blob", "--out", str(out), "--tile", str(TILE),
-                "--workers", "0", "--quiet", "--backend", backend]
+        args = [
+            "slide",
+            str(path),
+            "--model",
+            "blob",
+            "--out",
+            str(out),
+            "--tile",
+            str(TILE),
+            "--workers",
+            "0",
+            "--quiet",
+            "--backend",
+            backend,
+        ]
         assert main(args) == 0
         rep = json.loads((out / "report.json").read_text())
         assert rep["mpp"] == pytest.approx(0.5) and rep["complete"]
@@ -761,8 +774,10 @@ def test_model_halo_covers_the_unet_reach_on_its_pooling_grid(tiny_fit, tmp_path
     assert model.net.multiple == 4 and model.net.reach == 23
     p = ModelPredictor(model)
     assert p.align == 4 and p.halo == 48  # the largest template 25 + the net's 23
-    centres = dataclasses.replace(model.config, segmentation=dataclasses.replace(
-        model.config.segmentation, instance_seeds="centres"))
+    centres = dataclasses.replace(
+        model.config,
+        segmentation=dataclasses.replace(model.config.segmentation, instance_seeds="centres"),
+    )
     model_c = type(model)(centres, model.templates, model.detector, model.net)
     assert ModelPredictor(model_c).halo == 96  # with centre seeds: the detector's 70 + 23
     assert ModelPredictor(model, halo=134).halo == 136

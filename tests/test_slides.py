@@ -144,8 +144,9 @@ def write_page_pyramid(path, img: np.ndarray, *, mpp: float = 0.25, levels: int 
     with tifffile.TiffWriter(path) as tw:
         for k in range(levels):
             res = 1e4 / (mpp * 2**k)
-            tw.write(img[:: 2**k, :: 2**k], subfiletype=1 if k else 0, resolution=(res, res),
-                     **opts)
+            tw.write(
+                img[:: 2**k, :: 2**k], subfiletype=1 if k else 0, resolution=(res, res), **opts
+            )
 
 
 def test_openslide_missing_gives_a_clear_error(tmp_path, image, monkeypatch):
@@ -174,7 +175,7 @@ def test_openslide_and_tiffslide_read_the_same_pixels(tmp_path, image, layout):
         assert a.mpp == pytest.approx(b.mpp) and a.mpp == pytest.approx(0.25 * 2**level)
         ref = image[:: 2**level, :: 2**level]
         for y, x, h, w in [(0, 0, 16, 16), (5, 7, 40, 50), (0, 0, *a.shape)]:
-            np.testing.assert_array_equal(a.read_region(y, x, h, w), ref[y:y + h, x:x + w])
+            np.testing.assert_array_equal(a.read_region(y, x, h, w), ref[y : y + h, x : x + w])
     if layout == "subifds":
         with pytest.raises(InputError, match="level 1 does not exist"):
             open_slide(path, backend="openslide", level=1)

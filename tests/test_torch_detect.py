@@ -38,8 +38,9 @@ def test_torch_fuse_matches_loops(rng, mode):
     np.testing.assert_allclose(got, naive_fuse(r, top_t=2, top_h=2, mode=mode), atol=1e-5)
 
 
-@pytest.mark.parametrize("extra", [{}, {"g_level": "both", "fold_crops": False},
-                                   {"top_t": 2}, {"fusion": "mean"}])
+@pytest.mark.parametrize(
+    "extra", [{}, {"g_level": "both", "fold_crops": False}, {"top_t": 2}, {"fusion": "mean"}]
+)
 def test_parity_with_numba_path(setup, extra):
     image, tset = setup
     det = Detector(tset, DetectionConfig(**{**SMALL, **extra}))

@@ -23,8 +23,9 @@ from mcf_fast.models.train import (
 )
 from mcf_fast.models.unet import UNet
 
-TINY = SegmentationConfig(width=8, depth=2, crop_size=32, batch_size=4, steps=40, lr=1e-2,
-                          self_steps=0)
+TINY = SegmentationConfig(
+    width=8, depth=2, crop_size=32, batch_size=4, steps=40, lr=1e-2, self_steps=0
+)
 
 
 def _pseudo(labels: np.ndarray) -> np.ndarray:
@@ -70,8 +71,9 @@ def test_loss_matches_cross_entropy():
     soft = torch.rand(2, 5, 7, generator=g)
     p = torch.softmax(logits.double(), dim=1)
     ref_w = -(soft * p[:, 1].log() + (1 - soft) * p[:, 0].log()).mean()
-    assert torch.allclose(segmentation_loss(logits, soft, loss="weighted").double(), ref_w,
-                          atol=1e-6)
+    assert torch.allclose(
+        segmentation_loss(logits, soft, loss="weighted").double(), ref_w, atol=1e-6
+    )
     with pytest.raises(ConfigError):
         segmentation_loss(logits, target, loss="dice")
     # unknown pixels as down-weighted background
@@ -138,8 +140,13 @@ def test_train_rejects_bad_input(disks):
     with pytest.raises(InputError, match="2 targets"):
         train_unet([img], [lab, lab], TINY, steps=1, progress=False)
     with pytest.raises(ConfigError, match="crop_size"):
-        train_unet([img], [_pseudo(lab)], SegmentationConfig(width=4, depth=3, crop_size=36),
-                   steps=1, progress=False)
+        train_unet(
+            [img],
+            [_pseudo(lab)],
+            SegmentationConfig(width=4, depth=3, crop_size=36),
+            steps=1,
+            progress=False,
+        )
 
 
 def test_small_images_are_padded_and_ignored():
@@ -222,8 +229,9 @@ def test_colour_augmentation(disks):
     assert len(np.unique(out[:, 0, 0, :])) > 1
     assert np.all(np.abs(out.astype(int) - 128) <= 128 * 0.1 + 6.4 + 1)
     img, lab = disks
-    cfg = SegmentationConfig(width=8, depth=2, crop_size=32, batch_size=4, lr=1e-2,
-                             augment_colour=0.1)
+    cfg = SegmentationConfig(
+        width=8, depth=2, crop_size=32, batch_size=4, lr=1e-2, augment_colour=0.1
+    )
     log: list[float] = []
     train_unet([img], [_pseudo(lab)], cfg, steps=30, progress=False, log=log)
     assert np.mean(log[-5:]) < np.mean(log[:5])

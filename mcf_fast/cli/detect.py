@@ -41,8 +41,9 @@ def write_outputs(out_dir: Path, name: str, image: np.ndarray, result) -> list[P
     paths.append(csv_path)
     resp = np.clip(np.rint(result.response * 255.0), 0, 255).astype(np.uint8)
     paths.append(write_image(out_dir / f"{name}_response.png", resp))
-    pseudo = np.choose(result.pseudo_mask.astype(np.int64) + 1,
-                       [np.uint8(0), np.uint8(128), np.uint8(255)]).astype(np.uint8)
+    pseudo = np.choose(
+        result.pseudo_mask.astype(np.int64) + 1, [np.uint8(0), np.uint8(128), np.uint8(255)]
+    ).astype(np.uint8)
     paths.append(write_image(out_dir / f"{name}_pseudo.png", pseudo))
     paths.append(write_image(out_dir / f"{name}_overlay.png", overlay(image, result)))
     return paths
@@ -91,23 +92,40 @@ def _config(color_names: str | None, **fields):
     return DetectionConfig(**fields)
 
 
-_COLOR_HELP = ("Colour-name table: 'builtin' (default, the project's approximation) or a "
-               "path to the original w2c.mat / w2c.npy.")
+_COLOR_HELP = (
+    "Colour-name table: 'builtin' (default, the project's approximation) or a "
+    "path to the original w2c.mat / w2c.npy."
+)
 _DEVICE_HELP = "Where correlation and fusion run: cpu, or cuda[:N] (needs torch with CUDA)."
 
 
 @click.command("detect")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--templates", "templates_path", required=True,
-              type=click.Path(exists=True, dir_okay=False),
-              help="Template-set JSON (mcf templates select / from-points).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Output folder (created if needed).")
+@click.option(
+    "--templates",
+    "templates_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Template-set JSON (mcf templates select / from-points).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output folder (created if needed).",
+)
 @click.option("--color-names", default=None, help=_COLOR_HELP)
 @click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def detect(templates_path: str, inputs: tuple[str, ...], out_dir: str,
-           color_names: str | None, device: str, quiet: bool) -> None:
+def detect(
+    templates_path: str,
+    inputs: tuple[str, ...],
+    out_dir: str,
+    color_names: str | None,
+    device: str,
+    quiet: bool,
+) -> None:
     """Detect nuclei in IMAGE_OR_DIR... with the filter bank of a template set.
 
     Writes <name>.csv (y,x,score), <name>_response.png, <name>_pseudo.png (0 unknown,
@@ -142,8 +160,13 @@ def demo_points() -> tuple[np.ndarray, np.ndarray]:
 
 
 @click.command("demo")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Output folder (created if needed).")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output folder (created if needed).",
+)
 @click.option("--color-names", default=None, help=_COLOR_HELP)
 @click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
 def demo(out_dir: str, color_names: str | None, device: str) -> None:
@@ -162,8 +185,9 @@ def demo(out_dir: str, color_names: str | None, device: str) -> None:
 
     image = np.ascontiguousarray(data.immunohistochemistry())
     pts, sizes = demo_points()
-    tset = TemplateSet.from_points(image, pts, size=sizes.tolist(),
-                                   image_name="immunohistochemistry")
+    tset = TemplateSet.from_points(
+        image, pts, size=sizes.tolist(), image_name="immunohistochemistry"
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tset.save(out / "templates.json")

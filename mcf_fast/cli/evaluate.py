@@ -24,40 +24,98 @@ def _command_line(ctx: click.Context) -> str:
 
 
 @click.command("evaluate")
-@click.option("--data", "data", required=True,
-              type=click.Path(exists=True, file_okay=False),
-              help="Dataset root holding train/ and test/ (images/ + masks/ each).")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
-              help="Output folder: results.md, results.json, templates.json, predictions.")
-@click.option("--n-templates", default=10, show_default=True, type=click.IntRange(min=1),
-              help="Templates chosen from the train split.")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Seed of the template selection (and of training).")
-@click.option("--preset", default="quick", show_default=True,
-              help="Configuration preset: quick or paper.")
-@click.option("--method", "methods", default="mcf,watershed", show_default=True,
-              help="Comma-separated methods: mcf, watershed, supervised.")
-@click.option("--supervised", is_flag=True,
-              help="Also train the U-Net on the train masks (the upper bound).")
-@click.option("--ablation", is_flag=True,
-              help="Run the Table 3 switches (detection: -CFF, -MFF, H=1, mean, -GDBP; "
-                   "segmentation: -seg., -self., -syn., CE, +weig.).")
-@click.option("--templates-sweep", default="", metavar="N1,N2,...",
-              help="Template counts for the Fig. 5 sweep, e.g. 1,2,4,8,10,16.")
-@click.option("--stain", default="none", show_default=True, metavar="MODE1,MODE2",
-              help="Stain normalisation modes to report: none, auto, macenko, vahadane "
-                   "(e.g. none,auto for with and without).")
-@click.option("--device", default="cpu", show_default=True,
-              help="Device of the U-Net: cpu or cuda[:N].")
-@click.option("--limit", default=None, type=click.IntRange(min=1),
-              help="Use only the first N images of each split (a quick check; the results "
-                   "say so).")
-@click.option("--resume", is_flag=True,
-              help="Continue interrupted MCF fits from their checkpoints in OUT/checkpoints.")
+@click.option(
+    "--data",
+    "data",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Dataset root holding train/ and test/ (images/ + masks/ each).",
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output folder: results.md, results.json, templates.json, predictions.",
+)
+@click.option(
+    "--n-templates",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Templates chosen from the train split.",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Seed of the template selection (and of training).",
+)
+@click.option(
+    "--preset", default="quick", show_default=True, help="Configuration preset: quick or paper."
+)
+@click.option(
+    "--method",
+    "methods",
+    default="mcf,watershed",
+    show_default=True,
+    help="Comma-separated methods: mcf, watershed, supervised.",
+)
+@click.option(
+    "--supervised", is_flag=True, help="Also train the U-Net on the train masks (the upper bound)."
+)
+@click.option(
+    "--ablation",
+    is_flag=True,
+    help="Run the Table 3 switches (detection: -CFF, -MFF, H=1, mean, -GDBP; "
+    "segmentation: -seg., -self., -syn., CE, +weig.).",
+)
+@click.option(
+    "--templates-sweep",
+    default="",
+    metavar="N1,N2,...",
+    help="Template counts for the Fig. 5 sweep, e.g. 1,2,4,8,10,16.",
+)
+@click.option(
+    "--stain",
+    default="none",
+    show_default=True,
+    metavar="MODE1,MODE2",
+    help="Stain normalisation modes to report: none, auto, macenko, vahadane "
+    "(e.g. none,auto for with and without).",
+)
+@click.option(
+    "--device", default="cpu", show_default=True, help="Device of the U-Net: cpu or cuda[:N]."
+)
+@click.option(
+    "--limit",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Use only the first N images of each split (a quick check; the results say so).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue interrupted MCF fits from their checkpoints in OUT/checkpoints.",
+)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
-def evaluate(data: str, out: str, n_templates: int, seed: int, preset: str, methods: str,
-             supervised: bool, ablation: bool, templates_sweep: str, stain: str, device: str,
-             limit: int | None, resume: bool, no_progress: bool) -> None:
+def evaluate(
+    data: str,
+    out: str,
+    n_templates: int,
+    seed: int,
+    preset: str,
+    methods: str,
+    supervised: bool,
+    ablation: bool,
+    templates_sweep: str,
+    stain: str,
+    device: str,
+    limit: int | None,
+    resume: bool,
+    no_progress: bool,
+) -> None:
     """Fit on ROOT/train (templates from its masks, images without them), score ROOT/test.
 
     Writes OUT/results.md (our numbers beside the paper's Tables 1-3, with the machine,
@@ -70,15 +128,28 @@ def evaluate(data: str, out: str, n_templates: int, seed: int, preset: str, meth
 
     command = _command_line(click.get_current_context())
     report = run_evaluation(
-        data, out=out, n_templates=n_templates, seed=seed, preset=preset, methods=methods,
-        supervised=supervised, ablation=ablation, templates_sweep=templates_sweep,
-        stain=stain, device=device, limit=limit, progress=not no_progress, resume=resume,
+        data,
+        out=out,
+        n_templates=n_templates,
+        seed=seed,
+        preset=preset,
+        methods=methods,
+        supervised=supervised,
+        ablation=ablation,
+        templates_sweep=templates_sweep,
+        stain=stain,
+        device=device,
+        limit=limit,
+        progress=not no_progress,
+        resume=resume,
         command=command,
     )
     for r in report["runs"]:
         a = r["aggregate"]
         name = " ".join(x for x in (r["method"], r["variant"], f"[{r['stain']}]") if x)
-        click.echo(f"{name:32s} Dice {a['Dice']:.4f}  IoU {a['IoU']:.4f}  "
-                   f"F1@12 {a['F1@12']:.4f}  AJI {a['AJI']:.4f}  PQ {a['PQ']:.4f}  "
-                   f"({r['wall_s']:.0f} s)")
+        click.echo(
+            f"{name:32s} Dice {a['Dice']:.4f}  IoU {a['IoU']:.4f}  "
+            f"F1@12 {a['F1@12']:.4f}  AJI {a['AJI']:.4f}  PQ {a['PQ']:.4f}  "
+            f"({r['wall_s']:.0f} s)"
+        )
     click.echo(f"results: {out}/results.md")

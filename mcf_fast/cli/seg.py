@@ -30,9 +30,11 @@ def collect_images(paths: tuple[Path, ...] | list[Path]) -> list[Path]:
         p = Path(p)
         if p.is_dir():
             folder = p / "images" if (p / "images").is_dir() else p
-            found = sorted(f for f in folder.iterdir()
-                           if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                           and not f.name.startswith("."))
+            found = sorted(
+                f
+                for f in folder.iterdir()
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+            )
             if not found:
                 raise InputError(f"{folder}: no images (suffixes {', '.join(IMAGE_SUFFIXES)})")
             out.extend(found)
@@ -69,30 +71,71 @@ def _check_device(device: str) -> None:
 
 
 @click.command("fit", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("images", nargs=-1, required=True,
-                type=click.Path(exists=True, path_type=Path))
-@click.option("--templates", "-t", "templates_path", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Template-set JSON file (see `mcf templates`).")
-@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Model bundle to write (conventionally MODEL.mcf).")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="quick", show_default=True,
-              help="quick: minutes on a CPU; paper: the paper's settings (GPU advised).")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--templates",
+    "-t",
+    "templates_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Template-set JSON file (see `mcf templates`).",
+)
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Model bundle to write (conventionally MODEL.mcf).",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(sorted(PRESETS)),
+    default="quick",
+    show_default=True,
+    help="quick: minutes on a CPU; paper: the paper's settings (GPU advised).",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=None, help="Seed (default: the preset's, 0).")
-@click.option("--resume", is_flag=True,
-              help="Continue an interrupted fit from its checkpoint folder.")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where a checkpoint is written after each round [default: OUT.ckpt].")
+@click.option(
+    "--resume", is_flag=True, help="Continue an interrupted fit from its checkpoint folder."
+)
+@click.option(
+    "--checkpoint-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where a checkpoint is written after each round [default: OUT.ckpt].",
+)
 @click.option("--max-rounds", type=int, default=None, help="Override the preset's rounds.")
-@click.option("--stain-reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Normalise every image's stains to this reference image.")
-@click.option("--stain-method", type=click.Choice(["auto", "vahadane", "macenko"]),
-              default="auto", show_default=True, help="Stain normalisation method.")
+@click.option(
+    "--stain-reference",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Normalise every image's stains to this reference image.",
+)
+@click.option(
+    "--stain-method",
+    type=click.Choice(["auto", "vahadane", "macenko"]),
+    default="auto",
+    show_default=True,
+    help="Stain normalisation method.",
+)
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def fit(images, templates_path, out, preset, device, seed, resume, checkpoint_dir, max_rounds,
-        stain_reference, stain_method, threads, quiet) -> None:
+def fit(
+    images,
+    templates_path,
+    out,
+    preset,
+    device,
+    seed,
+    resume,
+    checkpoint_dir,
+    max_rounds,
+    stain_reference,
+    stain_method,
+    threads,
+    quiet,
+) -> None:
     """Fit the framework on IMAGES (files or folders) from a few template nuclei.
 
     Runs rounds of detection, U-Net training on the pseudo masks, self-finetuning and
@@ -113,7 +156,8 @@ def fit(images, templates_path, out, preset, device, seed, resume, checkpoint_di
     if max_rounds is not None:
         changes["max_rounds"] = max_rounds
     config = dataclasses.replace(
-        config, segmentation=dataclasses.replace(config.segmentation, **changes))
+        config, segmentation=dataclasses.replace(config.segmentation, **changes)
+    )
     stain = None
     if stain_reference is not None:
         from mcf_fast.ops.stain import StainNormalizer
@@ -122,14 +166,21 @@ def fit(images, templates_path, out, preset, device, seed, resume, checkpoint_di
     ckpt = checkpoint_dir if checkpoint_dir is not None else out.with_name(out.name + ".ckpt")
     if resume and not (ckpt / "state.json").is_file():
         click.echo(f"no checkpoint in {ckpt}; starting from the beginning", err=True)
-    click.echo(f"fitting on {len(paths)} image(s) with {len(templates)} templates "
-               f"(preset {preset}, {device})", err=True)
-    model = MCF(config).fit(paths, templates, stain=stain, checkpoint_dir=ckpt, resume=resume,
-                            progress=not quiet)
+    click.echo(
+        f"fitting on {len(paths)} image(s) with {len(templates)} templates "
+        f"(preset {preset}, {device})",
+        err=True,
+    )
+    model = MCF(config).fit(
+        paths, templates, stain=stain, checkpoint_dir=ckpt, resume=resume, progress=not quiet
+    )
     model.save(out)
     added = sum(len(h.get("added", [])) for h in model.history)
-    click.echo(f"wrote {out}: {len(model.history)} round(s), {len(model.templates)} templates "
-               f"({added} added by the mask residual)", err=True)
+    click.echo(
+        f"wrote {out}: {len(model.history)} round(s), {len(model.templates)} templates "
+        f"({added} added by the mask residual)",
+        err=True,
+    )
 
 
 def write_prediction(out_dir: Path, name: str, image: np.ndarray, pred) -> list[Path]:
@@ -150,8 +201,15 @@ def write_prediction(out_dir: Path, name: str, image: np.ndarray, pred) -> list[
         w = csv.writer(fh)
         w.writerow(["label", "y", "x", "area", "mean_intensity"])
         for row in pred.table:
-            w.writerow([int(row["label"]), f"{row['y']:.2f}", f"{row['x']:.2f}",
-                        int(row["area"]), f"{row['mean_intensity']:.2f}"])
+            w.writerow(
+                [
+                    int(row["label"]),
+                    f"{row['y']:.2f}",
+                    f"{row['x']:.2f}",
+                    int(row["area"]),
+                    f"{row['mean_intensity']:.2f}",
+                ]
+            )
     overlay = np.array(image, copy=True)
     edge = find_boundaries(labels, mode="inner")
     overlay[edge] = (0, 255, 0)
@@ -160,16 +218,28 @@ def write_prediction(out_dir: Path, name: str, image: np.ndarray, pred) -> list[
 
 
 @click.command("predict", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("images", nargs=-1, required=True,
-                type=click.Path(exists=True, path_type=Path))
-@click.option("--model", "-m", "model_path", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Model bundle written by `mcf fit`.")
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder.")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--model",
+    "-m",
+    "model_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Model bundle written by `mcf fit`.",
+)
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder.",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--flips/--no-flips", default=None,
-              help="Test-time flips (default: as the model was configured).")
+@click.option(
+    "--flips/--no-flips",
+    default=None,
+    help="Test-time flips (default: as the model was configured).",
+)
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def predict(images, model_path, out, device, flips, threads, quiet) -> None:

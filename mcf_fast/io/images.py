@@ -114,9 +114,7 @@ def as_rgb_uint8(image: np.ndarray, *, name: str = "image") -> np.ndarray:
             raise InputError(f"{name}: contains NaN or infinite values")
         lo, hi = float(a.min()), float(a.max())
         if lo < 0.0 or hi > 1.0:
-            raise InputError(
-                f"{name}: float values in [{lo:g}, {hi:g}]; expected floats in [0, 1]"
-            )
+            raise InputError(f"{name}: float values in [{lo:g}, {hi:g}]; expected floats in [0, 1]")
         return np.ascontiguousarray(np.round(a * 255.0).astype(np.uint8))
     raise InputError(f"{name}: unsupported dtype {a.dtype}")
 
@@ -164,8 +162,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".part{final.suffix}",
-                               dir=final.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{final.stem}.", suffix=f".part{final.suffix}", dir=final.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -204,5 +203,6 @@ def write_image(path: str | os.PathLike, array: np.ndarray) -> Path:
 
 
 def _pil_format(path: Path) -> str:
-    return {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP",
-            ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
+    return {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}.get(
+        path.suffix.lower(), "PNG"
+    )

@@ -224,7 +224,16 @@ def hog_cells_kernel(image, bins, cell, hist, energy):
             while next_row < rb:
                 _fill_plane(image, next_row + 1, planes[(next_row + 1) % 3])
                 _row_cell_sums(
-                    image, next_row, bins, cell, planes, v0, v1, b0, b1, vk,
+                    image,
+                    next_row,
+                    bins,
+                    cell,
+                    planes,
+                    v0,
+                    v1,
+                    b0,
+                    b1,
+                    vk,
                     ring[next_row % cell],
                 )
                 next_row += 1
@@ -245,9 +254,7 @@ def hog_cells_kernel(image, bins, cell, hist, energy):
 
 
 @jit(**JIT_PARALLEL)
-def hog_normalise_kernel(
-    hist, energy, cell, eps, clip, out, offset, image, table, cn_offset
-):
+def hog_normalise_kernel(hist, energy, cell, eps, clip, out, offset, image, table, cn_offset):
     """Cell histograms normalised by the four 2x2-cell blocks that contain the cell.
 
     For the cell centred at ``(i, j)`` the blocks have top-left cells at ``(i + a, j + b)``,

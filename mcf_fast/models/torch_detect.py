@@ -28,8 +28,13 @@ def _device(device: str) -> torch.device:
 
 
 def torch_fuse(
-    responses: torch.Tensor, *, top_t: int, top_h: int, mode: str = "topk",
-    scale_weights: list[list[np.ndarray]] | None = None, margin: int = 0,
+    responses: torch.Tensor,
+    *,
+    top_t: int,
+    top_h: int,
+    mode: str = "topk",
+    scale_weights: list[list[np.ndarray]] | None = None,
+    margin: int = 0,
 ) -> torch.Tensor:
     """Eqs. (2)-(3) on a (N, K, U, H', W') tensor; returns (H' - 2 margin, W' - 2 margin).
 
@@ -51,12 +56,14 @@ def torch_fuse(
         out = torch.empty((n, k, h, w), dtype=sk.dtype, device=sk.device)
         for a in range(n):
             for b in range(k):
-                g = torch.as_tensor(np.ascontiguousarray(scale_weights[a][b]),
-                                    dtype=torch.float64, device=sk.device)
+                g = torch.as_tensor(
+                    np.ascontiguousarray(scale_weights[a][b]), dtype=torch.float64, device=sk.device
+                )
                 e = g.shape[0] // 2
                 src = sk[a, b, margin - e : margin + e + h, margin - e : margin + e + w]
                 out[a, b] = torch.nn.functional.conv2d(
-                    src.to(torch.float64)[None, None], g[None, None])[0, 0].to(sk.dtype)
+                    src.to(torch.float64)[None, None], g[None, None]
+                )[0, 0].to(sk.dtype)
         sk = out
     elif margin:
         sk = sk[..., margin:-margin, margin:-margin]
@@ -78,8 +85,9 @@ class TorchCorrelator:
         Memory for the filter spectra computed at once.
     """
 
-    def __init__(self, filters: np.ndarray, *, device: str = "cuda",
-                 chunk_bytes: int = 1 << 30) -> None:
+    def __init__(
+        self, filters: np.ndarray, *, device: str = "cuda", chunk_bytes: int = 1 << 30
+    ) -> None:
         w = np.asarray(filters, dtype=np.float32)
         if w.ndim != 4 or w.shape[2] != w.shape[3] or w.shape[2] % 2 == 0:
             raise InputError(f"filters: expected (F, C, f, f) with odd f, got {w.shape}")
@@ -104,8 +112,9 @@ class TorchCorrelator:
         out = torch.empty((n_f, h, w), dtype=torch.float32, device=self.device)
         for i in range(0, n_f, q):
             chunk = self.filters[i : i + q]
-            buf = torch.zeros((chunk.shape[0], n_c, ph, pw), dtype=torch.float32,
-                              device=self.device)
+            buf = torch.zeros(
+                (chunk.shape[0], n_c, ph, pw), dtype=torch.float32, device=self.device
+            )
             buf[:, :, :f, :f] = chunk
             fh = torch.fft.rfft2(buf)
             prod = (zh[None] * fh.conj()).sum(1)
@@ -119,14 +128,23 @@ class TorchCorrelator:
         gk = detector._gk
         e = int(gk.max()) // 2 if gk.any() else 0
         with torch.no_grad():
-            r = self.correlate(features, margin=e).reshape(n_t, n_k, n_u, *features.shape[:2]
-                                                           if not e else
-                                                           (features.shape[0] + 2 * e,
-                                                            features.shape[1] + 2 * e))
+            r = self.correlate(features, margin=e).reshape(
+                n_t,
+                n_k,
+                n_u,
+                *features.shape[:2]
+                if not e
+                else (features.shape[0] + 2 * e, features.shape[1] + 2 * e),
+            )
             weights = None
             if e:
-                weights = [[detector.bank.g_weight(a, b) for b in range(n_k)]
-                           for a in range(n_t)]
-            s = torch_fuse(r, top_t=cfg.top_t, top_h=cfg.top_h, mode=cfg.fusion,
-                           scale_weights=weights, margin=e)
+                weights = [[detector.bank.g_weight(a, b) for b in range(n_k)] for a in range(n_t)]
+            s = torch_fuse(
+                r,
+                top_t=cfg.top_t,
+                top_h=cfg.top_h,
+                mode=cfg.fusion,
+                scale_weights=weights,
+                margin=e,
+            )
         return s.to("cpu", torch.float32).numpy()

@@ -103,8 +103,9 @@ def _as_target(t: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
     raise InputError(f"{name}: unsupported target dtype {a.dtype}")
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, loss: str,
-                      unknown_weight: float = 0.0) -> torch.Tensor:
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, *, loss: str, unknown_weight: float = 0.0
+) -> torch.Tensor:
     """Soft cross-entropy of two-class logits against a float target map (NaN = ignore).
 
     Parameters
@@ -162,12 +163,18 @@ class SyntheticSampler:
     Build one with :meth:`from_pseudo_masks`.
     """
 
-    def __init__(self, nuclei: list[tuple[np.ndarray, np.ndarray]],
-                 backgrounds: list[np.ndarray], *, density: float,
-                 scale: tuple[float, float] = (0.9, 1.2)) -> None:
+    def __init__(
+        self,
+        nuclei: list[tuple[np.ndarray, np.ndarray]],
+        backgrounds: list[np.ndarray],
+        *,
+        density: float,
+        scale: tuple[float, float] = (0.9, 1.2),
+    ) -> None:
         if not nuclei or not backgrounds:
-            raise InputError("SyntheticSampler: needs at least one nucleus and one background "
-                             "patch")
+            raise InputError(
+                "SyntheticSampler: needs at least one nucleus and one background patch"
+            )
         self.nuclei = nuclei
         self.backgrounds = backgrounds
         self.density = float(density)
@@ -223,18 +230,19 @@ class SyntheticSampler:
                 if y0 < 0 or x0 < 0 or y1 > h or x1 > w:
                     continue
                 m = np.zeros((y1 - y0, x1 - x0), bool)
-                m[sl[0].start - y0:sl[0].stop - y0, sl[1].start - x0:sl[1].stop - x0] = comp
+                m[sl[0].start - y0 : sl[0].stop - y0, sl[1].start - x0 : sl[1].stop - x0] = comp
                 grown = ndimage.distance_transform_edt(~m) <= g
                 nuclei.append((img[y0:y1, x0:x1].copy(), grown))
             for p in (patch, max(4, patch // 2)):
-                ok = ndimage.minimum_filter((pm == 0).astype(np.uint8), size=p, mode="constant",
-                                            cval=0)
+                ok = ndimage.minimum_filter(
+                    (pm == 0).astype(np.uint8), size=p, mode="constant", cval=0
+                )
                 ys, xs = np.nonzero(ok)
                 if ys.size:
                     take = rng.choice(ys.size, size=min(ys.size, 200), replace=False)
                     for j in np.sort(take):
                         y, x = ys[j] - p // 2, xs[j] - p // 2
-                        backgrounds.append(img[y:y + p, x:x + p].copy())
+                        backgrounds.append(img[y : y + p, x : x + p].copy())
                     break
         if not nuclei or not backgrounds:
             return None
@@ -254,10 +262,11 @@ class SyntheticSampler:
             x = 0
             row_h = size
             while x < size:
-                bg = dihedral(self.backgrounds[rng.integers(len(self.backgrounds))],
-                              int(rng.integers(8)))
+                bg = dihedral(
+                    self.backgrounds[rng.integers(len(self.backgrounds))], int(rng.integers(8))
+                )
                 ph, pw = min(bg.shape[0], size - y), min(bg.shape[1], size - x)
-                canvas[y:y + ph, x:x + pw] = bg[:ph, :pw]
+                canvas[y : y + ph, x : x + pw] = bg[:ph, :pw]
                 row_h = min(row_h, ph)
                 x += pw
             y += row_h
@@ -276,11 +285,11 @@ class SyntheticSampler:
                 continue
             y0 = int(rng.integers(size - ph))
             x0 = int(rng.integers(size - pw))
-            region = target[y0:y0 + ph, x0:x0 + pw]
+            region = target[y0 : y0 + ph, x0 : x0 + pw]
             if np.any(region[m] == 1):
                 continue
             region[m] = 1
-            canvas[y0:y0 + ph, x0:x0 + pw][m] = img[m]
+            canvas[y0 : y0 + ph, x0 : x0 + pw][m] = img[m]
         return canvas, target
 
 
@@ -292,8 +301,9 @@ def _to_tensor(batch: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255.0
 
 
-def _random_crop(img: np.ndarray, tgt: np.ndarray, size: int,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _random_crop(
+    img: np.ndarray, tgt: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     h, w = tgt.shape
     if h < size or w < size:  # pad small images; padded pixels are ignored
         ph, pw = max(0, size - h), max(0, size - w)
@@ -303,7 +313,9 @@ def _random_crop(img: np.ndarray, tgt: np.ndarray, size: int,
     y = int(rng.integers(h - size + 1))
     x = int(rng.integers(w - size + 1))
     k = int(rng.integers(8))
-    return dihedral(img[y:y + size, x:x + size], k), dihedral(tgt[y:y + size, x:x + size], k)
+    return dihedral(img[y : y + size, x : x + size], k), dihedral(
+        tgt[y : y + size, x : x + size], k
+    )
 
 
 def _jitter_colour(batch: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
@@ -381,23 +393,25 @@ def train_unet(
     if not images:
         raise InputError("train_unet: no training images")
     imgs = [as_rgb_uint8(im, name=f"images[{i}]") for i, im in enumerate(images)]
-    tgts = [_as_target(t, im.shape[:2], f"targets[{i}]")
-            for i, (im, t) in enumerate(zip(imgs, targets, strict=True))]
+    tgts = [
+        _as_target(t, im.shape[:2], f"targets[{i}]")
+        for i, (im, t) in enumerate(zip(imgs, targets, strict=True))
+    ]
     device = torch.device(config.device)
     if net is None:
         net = build_unet(config, seed=seed)
     multiple = getattr(net, "multiple", 1)
     size = config.crop_size
     if size % multiple:
-        raise ConfigError(f"SegmentationConfig.crop_size = {size}: expected a multiple of "
-                          f"{multiple} (2 ** depth)")
+        raise ConfigError(
+            f"SegmentationConfig.crop_size = {size}: expected a multiple of {multiple} (2 ** depth)"
+        )
     net.to(device).train()
     if steps == 0:
         return net.eval()
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps,
-                                                       eta_min=config.lr * 0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=config.lr * 0.05)
     n_syn = 0
     if synthetic is not None:
         n_syn = int(round(config.batch_size * config.synthetic_fraction))
@@ -480,8 +494,9 @@ def predict_proba(
         reach = getattr(net, "reach", None)
         halo = 64 if reach is None else -(-int(reach) // multiple) * multiple
     if tile < 1 or halo < 0:
-        raise InputError(f"predict_proba: tile must be positive and halo non-negative, got "
-                         f"{tile}, {halo}")
+        raise InputError(
+            f"predict_proba: tile must be positive and halo non-negative, got {tile}, {halo}"
+        )
     h, w = img.shape[:2]
     device = torch.device(device)
     out = np.empty((h, w), np.float32)
@@ -504,8 +519,7 @@ def predict_proba(
                     else:
                         p = p[0]
                     p = p.float().cpu().numpy()
-                    out[y0:y1, x0:x1] = p[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0]
+                    out[y0:y1, x0:x1] = p[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
     finally:
         net.train(was_training)
     return out
-

@@ -47,13 +47,18 @@ class UNet(nn.Module):
     torch.Size([1, 2, 16, 16])
     """
 
-    def __init__(self, *, width: int = 16, depth: int = 4, in_channels: int = 3,
-                 n_classes: int = 2) -> None:
+    def __init__(
+        self, *, width: int = 16, depth: int = 4, in_channels: int = 3, n_classes: int = 2
+    ) -> None:
         super().__init__()
         if width < 1 or depth < 1:
             raise ValueError(f"UNet: width and depth must be positive, got {width}, {depth}")
-        self.hparams: dict[str, Any] = {"width": width, "depth": depth,
-                                        "in_channels": in_channels, "n_classes": n_classes}
+        self.hparams: dict[str, Any] = {
+            "width": width,
+            "depth": depth,
+            "in_channels": in_channels,
+            "n_classes": n_classes,
+        }
         chans = [width * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList()
         cin = in_channels
@@ -68,10 +73,16 @@ class UNet(nn.Module):
             self.merge.append(_block(2 * chans[i - 1], chans[i - 1]))
         self.head = nn.Conv2d(chans[0], n_classes, 1)
         # H&E images are bright; centre them roughly without depending on the data
-        self.register_buffer("mean", torch.tensor([0.65, 0.5, 0.7]).view(1, 3, 1, 1)
-                             [:, :in_channels], persistent=False)
-        self.register_buffer("std", torch.tensor([0.2, 0.2, 0.15]).view(1, 3, 1, 1)
-                             [:, :in_channels], persistent=False)
+        self.register_buffer(
+            "mean",
+            torch.tensor([0.65, 0.5, 0.7]).view(1, 3, 1, 1)[:, :in_channels],
+            persistent=False,
+        )
+        self.register_buffer(
+            "std",
+            torch.tensor([0.2, 0.2, 0.15]).view(1, 3, 1, 1)[:, :in_channels],
+            persistent=False,
+        )
 
     @property
     def multiple(self) -> int:

@@ -35,8 +35,17 @@ __all__ = [
 
 #: column order of every colour-name table
 COLOR_NAMES = (
-    "black", "blue", "brown", "grey", "green", "orange",
-    "pink", "purple", "red", "white", "yellow",
+    "black",
+    "blue",
+    "brown",
+    "grey",
+    "green",
+    "orange",
+    "pink",
+    "purple",
+    "red",
+    "white",
+    "yellow",
 )
 #: rows of a table: one per 8x8x8 RGB bin
 N_BINS = 32 * 32 * 32
@@ -52,7 +61,11 @@ PROTOTYPES: dict[str, tuple[tuple[int, int, int], ...]] = {
     "orange": ((255, 140, 0), (240, 160, 80)),
     "pink": ((255, 170, 200), (230, 130, 170), (250, 200, 220), (190, 100, 150)),
     "purple": (
-        (130, 50, 160), (90, 30, 110), (170, 110, 200), (150, 120, 170), (60, 25, 80),
+        (130, 50, 160),
+        (90, 30, 110),
+        (170, 110, 200),
+        (150, 120, 170),
+        (60, 25, 80),
         (125, 60, 125),
     ),
     "red": ((220, 20, 30), (150, 10, 20)),
@@ -73,9 +86,7 @@ def color_index(image: np.ndarray) -> np.ndarray:
 # sRGB (D65) -> CIE XYZ; the white point is the XYZ of sRGB white under this matrix
 # (D65 to 4 digits), so that white maps exactly to L = 100, a = b = 0
 _SRGB_TO_XYZ = np.array(
-    [[0.412453, 0.357580, 0.180423],
-     [0.212671, 0.715160, 0.072169],
-     [0.019334, 0.119193, 0.950227]]
+    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
 )
 _WHITE_D65 = _SRGB_TO_XYZ.sum(axis=1)
 

@@ -148,9 +148,13 @@ def plan_blocks(
             if mem > max_spectra_bytes:
                 continue
             nlog = bh * bw * math.log2(bh * bw)
-            cost = nh * nw * (
-                (n_channels + 2 * n_filters) * _FFT_NS * nlog
-                + _MAC_NS * n_filters * n_channels * nfreq
+            cost = (
+                nh
+                * nw
+                * (
+                    (n_channels + 2 * n_filters) * _FFT_NS * nlog
+                    + _MAC_NS * n_filters * n_channels * nfreq
+                )
             )
             if best is None or cost < best[0]:
                 best = (cost, plan)
@@ -206,8 +210,9 @@ def _save_wisdom(pyfftw) -> None:
     try:
         from mcf_fast.io.images import atomic_path
 
-        blob = _WISDOM_MAGIC + b"".join(len(w).to_bytes(8, "little") + w
-                                        for w in pyfftw.export_wisdom())
+        blob = _WISDOM_MAGIC + b"".join(
+            len(w).to_bytes(8, "little") + w for w in pyfftw.export_wisdom()
+        )
         with atomic_path(path) as tmp:
             tmp.write_bytes(blob)
     except OSError:  # read-only home: plans are still cached in memory
@@ -256,11 +261,25 @@ class _FFT:
                 cplx = p.empty_aligned((h, w // 2 + 1), dtype=np.complex64)
                 flags = ("FFTW_MEASURE", "FFTW_UNALIGNED", "FFTW_DESTROY_INPUT")
                 if kind == "r":
-                    plan = p.FFTW(real, cplx, axes=(0, 1), direction="FFTW_FORWARD",
-                                  flags=flags, threads=1, planning_timelimit=5.0)
+                    plan = p.FFTW(
+                        real,
+                        cplx,
+                        axes=(0, 1),
+                        direction="FFTW_FORWARD",
+                        flags=flags,
+                        threads=1,
+                        planning_timelimit=5.0,
+                    )
                 else:
-                    plan = p.FFTW(cplx, real, axes=(0, 1), direction="FFTW_BACKWARD",
-                                  flags=flags, threads=1, planning_timelimit=5.0)
+                    plan = p.FFTW(
+                        cplx,
+                        real,
+                        axes=(0, 1),
+                        direction="FFTW_BACKWARD",
+                        flags=flags,
+                        threads=1,
+                        planning_timelimit=5.0,
+                    )
                 _save_wisdom(p)
             plans[(kind, shape)] = plan
         return plan
@@ -367,8 +386,14 @@ class SpectralBank:
         return int(self.filters.shape[2])
 
     def plan(self, shape: tuple[int, int]) -> BlockPlan:
-        return plan_blocks(shape, self.side, self.n_filters, self.n_channels,
-                           block=self.block, max_spectra_bytes=self.max_spectra_bytes)
+        return plan_blocks(
+            shape,
+            self.side,
+            self.n_filters,
+            self.n_channels,
+            block=self.block,
+            max_spectra_bytes=self.max_spectra_bytes,
+        )
 
     def _workspace(self, block: tuple[int, int], group: int) -> dict[str, np.ndarray]:
         """Work buffers for one block shape and group size, kept between calls."""
@@ -457,8 +482,13 @@ def iter_correlate_batches(
     n_groups = math.ceil(plan.n_blocks / max(1, min(plan.n_blocks, _GROUP_BYTES // per_block)))
     group = math.ceil(plan.n_blocks / n_groups)
     work = bank._workspace((bh, bw), group)
-    blk, z_re, z_im, prod, resp = (work["block"], work["z_re"], work["z_im"], work["prod"],
-                                  work["resp"])
+    blk, z_re, z_im, prod, resp = (
+        work["block"],
+        work["z_re"],
+        work["z_im"],
+        work["prod"],
+        work["resp"],
+    )
     starts = [(by * vh, bx * vw) for by in range(plan.counts[0]) for bx in range(plan.counts[1])]
     offsets = np.empty((1, 4), dtype=np.int64)
     for g0 in range(0, len(starts), group):
@@ -534,11 +564,15 @@ def correlate_bank(
     >>> r.shape, float(r[0, 4, 4])
     ((1, 8, 9), 2.0)
     """
-    bank = filters if isinstance(filters, SpectralBank) else SpectralBank(
-        filters, block=block, workers=workers)
+    bank = (
+        filters
+        if isinstance(filters, SpectralBank)
+        else SpectralBank(filters, block=block, workers=workers)
+    )
     z = _check_features(features, bank.n_channels)
-    out = np.empty((bank.n_filters, z.shape[0] + 2 * margin, z.shape[1] + 2 * margin),
-                   dtype=np.float32)
+    out = np.empty(
+        (bank.n_filters, z.shape[0] + 2 * margin, z.shape[1] + 2 * margin), dtype=np.float32
+    )
     for y0, x0, r in iter_correlate(z, bank, margin=margin):
         out[:, y0 : y0 + r.shape[1], x0 : x0 + r.shape[2]] = r
     return out
@@ -547,8 +581,7 @@ def correlate_bank(
 def _check_features(features: np.ndarray, n_channels: int) -> np.ndarray:
     z = np.asarray(features)
     if z.ndim != 3 or z.shape[2] != n_channels:
-        raise InputError(
-            f"features: expected an (H, W, {n_channels}) array, got shape {z.shape}")
+        raise InputError(f"features: expected an (H, W, {n_channels}) array, got shape {z.shape}")
     if z.shape[0] < 1 or z.shape[1] < 1:
         raise InputError(f"features: empty array of shape {z.shape}")
     if not np.issubdtype(z.dtype, np.floating) and not np.issubdtype(z.dtype, np.integer):

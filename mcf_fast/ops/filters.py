@@ -181,8 +181,9 @@ def resize_crop(crop: np.ndarray, side: int) -> np.ndarray:
 
     if crop.shape[0] == side and crop.shape[1] == side:
         return np.ascontiguousarray(crop)
-    out = resize(crop, (side, side), order=1, mode="reflect", anti_aliasing=True,
-                 preserve_range=True)
+    out = resize(
+        crop, (side, side), order=1, mode="reflect", anti_aliasing=True, preserve_range=True
+    )
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -278,16 +279,16 @@ class FilterBank:
                 sizes = np.asarray(z["sizes"], dtype=np.int64)
                 crops = np.asarray(z["crops"], dtype=np.int64)
                 filters = tuple(
-                    tuple(np.asarray(z[f"w_{n}_{k}"], dtype=np.float32)
-                          for k in range(sizes.shape[1]))
+                    tuple(
+                        np.asarray(z[f"w_{n}_{k}"], dtype=np.float32) for k in range(sizes.shape[1])
+                    )
                     for n in range(sizes.shape[0])
                 )
                 return cls(filters, sizes, crops, int(z["n_channels"]), float(z["g_sigma"]))
         except FormatError:
             raise
         except Exception as exc:  # zipfile / KeyError / ValueError on foreign files
-            raise FormatError(f"{p}: not a filter-bank file ({type(exc).__name__}: {exc})") \
-                from exc
+            raise FormatError(f"{p}: not a filter-bank file ({type(exc).__name__}: {exc})") from exc
 
 
 def build_filter_bank(
@@ -325,14 +326,14 @@ def build_filter_bank(
     for i, crop in enumerate(crops):
         c = np.asarray(crop)
         if c.ndim != 3 or c.shape[2] != 3 or c.shape[0] != c.shape[1] or c.dtype != np.uint8:
-            raise InputError(f"templates[{i}]: expected a square (s, s, 3) uint8 crop, "
-                             f"got {c.shape} {c.dtype}")
+            raise InputError(
+                f"templates[{i}]: expected a square (s, s, 3) uint8 crop, got {c.shape} {c.dtype}"
+            )
         row, row_sizes, row_crops = [], [], []
         for s in scale_sizes(c.shape[0], config):
             f = np.asarray(features(resize_crop(c, s)), dtype=np.float32)
             if f.ndim != 3 or f.shape[:2] != (s, s):
-                raise InputError(f"features of template {i}: expected ({s}, {s}, C), "
-                                 f"got {f.shape}")
+                raise InputError(f"features of template {i}: expected ({s}, {s}, C), got {f.shape}")
             n_channels = f.shape[2]
             w = train_filter(f, lam=config.lam, label_sigma=config.label_sigma)
             row.append(w.astype(np.float32))

@@ -69,8 +69,9 @@ def fuse_crops(responses: np.ndarray, *, top_t: int = 3, mode: str = "topk") -> 
         raise InputError(f"responses: expected (M, U, H, W), got shape {r.shape}")
     m, u, h, w = r.shape
     out = np.empty((m, h, w), dtype=np.float32)
-    group_topk_kernel(np.ascontiguousarray(r.reshape(1, m * u, h, w)), u, t, mean, out,
-                      _whole(h, w))
+    group_topk_kernel(
+        np.ascontiguousarray(r.reshape(1, m * u, h, w)), u, t, mean, out, _whole(h, w)
+    )
     return out
 
 
@@ -97,8 +98,9 @@ def fuse_scales_templates(
         raise InputError(f"responses: expected (N, K, H, W), got shape {r.shape}")
     n, k, h, w = r.shape
     out = np.empty((h, w), dtype=np.float32)
-    scale_template_kernel(np.ascontiguousarray(r.reshape(1, n * k, h, w)), n, k, t, hh, mean,
-                          out, _whole(h, w))
+    scale_template_kernel(
+        np.ascontiguousarray(r.reshape(1, n * k, h, w)), n, k, t, hh, mean, out, _whole(h, w)
+    )
     return out
 
 
@@ -144,8 +146,9 @@ def fuse_responses(
             for j in range(k):
                 g = np.asarray(scale_weights[i][j], dtype=np.float64)
                 # correlation with a symmetric G equals convolution
-                sk[i * k + j] = fftconvolve(sk[i * k + j].astype(np.float64), g[::-1, ::-1],
-                                            mode="same")
+                sk[i * k + j] = fftconvolve(
+                    sk[i * k + j].astype(np.float64), g[::-1, ::-1], mode="same"
+                )
     return fuse_scales_templates(sk.reshape(n, k, h, w), top_t=top_t, top_h=top_h, mode=mode)
 
 

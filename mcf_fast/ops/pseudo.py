@@ -30,8 +30,7 @@ from scipy import ndimage as ndi
 
 from mcf_fast.errors import InputError
 
-__all__ = ["find_centres", "pseudo_mask", "nucleus_posterior", "colour_posterior",
-           "gate_centres"]
+__all__ = ["find_centres", "pseudo_mask", "nucleus_posterior", "colour_posterior", "gate_centres"]
 
 
 def _check_map(a: np.ndarray, name: str) -> np.ndarray:
@@ -270,8 +269,12 @@ def pseudo_mask(
     if rule == "paper":
         out[s < t1] = 0
         for y, x in c:
-            y0, y1, x0, x1 = max(0, y - half), min(h, y + half + 1), max(0, x - half), \
-                min(w, x + half + 1)
+            y0, y1, x0, x1 = (
+                max(0, y - half),
+                min(h, y + half + 1),
+                max(0, x - half),
+                min(w, x + half + 1),
+            )
             win = s[y0:y1, x0:x1]
             sub = out[y0:y1, x0:x1]
             sub[win > ratio * s[y, x]] = 1
@@ -283,8 +286,11 @@ def pseudo_mask(
         return out
     r = max(1.0, radius * window)
     dist = _centre_distance((h, w), c)
-    post = posterior if posterior is not None else colour_posterior(img, c, scores, radius=r,
-                                                                    dist=dist)
+    post = (
+        posterior
+        if posterior is not None
+        else colour_posterior(img, c, scores, radius=r, dist=dist)
+    )
     if post is None:  # nothing to learn colours from: fall back to the paper's rule
         return pseudo_mask(image, s, c, window=window, rule="paper", t1=t1, ratio=ratio)
     disc = dist <= r

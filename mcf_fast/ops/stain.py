@@ -482,8 +482,10 @@ def normalizer_from_dict(data: dict[str, Any]) -> StainNormalizer:
         raise FormatError(f"stain normaliser: missing or invalid field ({exc})") from exc
     if method not in ("vahadane", "macenko"):
         raise FormatError(f"stain normaliser: unknown method {method!r}")
-    if stains.shape != (2, 3) or maxc.shape != (2,) or not (
-        np.all(np.isfinite(stains)) and np.all(np.isfinite(maxc))
+    if (
+        stains.shape != (2, 3)
+        or maxc.shape != (2,)
+        or not (np.all(np.isfinite(stains)) and np.all(np.isfinite(maxc)))
     ):
         raise FormatError(
             "stain normaliser: expected a finite (2, 3) stain_matrix and (2,) "

@@ -65,8 +65,9 @@ class WatershedParams:
         c = "WatershedParams"
         if not (isinstance(self.sigma, (int, float)) and self.sigma >= 0):
             raise ConfigError(f"{c}.sigma = {self.sigma!r}: expected a number >= 0")
-        if not (isinstance(self.threshold_offset, (int, float))
-                and -1.0 < self.threshold_offset < 1.0):
+        if not (
+            isinstance(self.threshold_offset, (int, float)) and -1.0 < self.threshold_offset < 1.0
+        ):
             raise ConfigError(
                 f"{c}.threshold_offset = {self.threshold_offset!r}: expected a number in (-1, 1)"
             )
@@ -169,8 +170,9 @@ def _remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
     return keep[comp]
 
 
-def _split(fg: np.ndarray, *, min_distance: int, seed_smoothing: float,
-           min_size: int) -> np.ndarray:
+def _split(
+    fg: np.ndarray, *, min_distance: int, seed_smoothing: float, min_size: int
+) -> np.ndarray:
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
@@ -180,8 +182,7 @@ def _split(fg: np.ndarray, *, min_distance: int, seed_smoothing: float,
     if seed_smoothing > 0:
         dist = ndi.gaussian_filter(dist, seed_smoothing)
     components, _ = ndi.label(fg)
-    peaks = peak_local_max(dist, min_distance=min_distance, labels=components,
-                           exclude_border=False)
+    peaks = peak_local_max(dist, min_distance=min_distance, labels=components, exclude_border=False)
     markers = np.zeros(fg.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
     # a component without a peak (flat or tiny) still gets one seed at its deepest point
@@ -243,8 +244,9 @@ def watershed_nuclei(
     p = params or WatershedParams()
     h = hematoxylin(image, sigma=p.sigma)
     fg = nuclei_foreground(h, threshold_offset=p.threshold_offset, min_size=p.min_size)
-    return _split(fg, min_distance=p.min_distance, seed_smoothing=p.seed_smoothing,
-                  min_size=p.min_size)
+    return _split(
+        fg, min_distance=p.min_distance, seed_smoothing=p.seed_smoothing, min_size=p.min_size
+    )
 
 
 @dataclass
@@ -267,8 +269,11 @@ class TuningResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary."""
-        return {"params": self.params.to_dict(), "score": self.score,
-                "history": [{"params": p, "score": s} for p, s in self.history]}
+        return {
+            "params": self.params.to_dict(),
+            "score": self.score,
+            "history": [{"params": p, "score": s} for p, s in self.history],
+        }
 
 
 Objective = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], float]
@@ -358,8 +363,8 @@ def tune_watershed(
         if crop is not None:
             y0 = max(0, (img.shape[0] - crop) // 2)
             x0 = max(0, (img.shape[1] - crop) // 2)
-            img = img[y0:y0 + crop, x0:x0 + crop]
-            gt = gt[y0:y0 + crop, x0:x0 + crop]
+            img = img[y0 : y0 + crop, x0 : x0 + crop]
+            gt = gt[y0 : y0 + crop, x0 : x0 + crop]
         imgs.append(img)
         gts.append(gt)
     if not imgs:
@@ -378,8 +383,12 @@ def tune_watershed(
                 for h in h_cache[p.sigma]
             ]
         return [
-            _split(fg, min_distance=p.min_distance, seed_smoothing=p.seed_smoothing,
-                   min_size=p.min_size)
+            _split(
+                fg,
+                min_distance=p.min_distance,
+                seed_smoothing=p.seed_smoothing,
+                min_size=p.min_size,
+            )
             for fg in fg_cache[key]
         ]
 
@@ -412,8 +421,11 @@ def tune_watershed(
                     for k in [k for k in h_cache if k != best.sigma]:
                         del h_cache[k]
                 if name in ("sigma", "threshold_offset", "min_size"):
-                    for k in [k for k in fg_cache
-                              if k != (best.sigma, best.threshold_offset, best.min_size)]:
+                    for k in [
+                        k
+                        for k in fg_cache
+                        if k != (best.sigma, best.threshold_offset, best.min_size)
+                    ]:
                         del fg_cache[k]
             if not changed:
                 break

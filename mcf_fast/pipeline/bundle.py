@@ -97,7 +97,7 @@ def _read_doc(zf: zipfile.ZipFile, p: Path) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"{p}: model.json is not valid JSON ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
-        raise FormatError(f"{p}: not a model bundle (expected \"format\": \"{BUNDLE_FORMAT}\")")
+        raise FormatError(f'{p}: not a model bundle (expected "format": "{BUNDLE_FORMAT}")')
     version = doc.get("format_version")
     if version != BUNDLE_VERSION:
         raise FormatError(
@@ -146,7 +146,8 @@ def load_bundle(path: str | os.PathLike, *, device: str = "cpu") -> MCFModel:
         try:
             config = MCFConfig.from_dict(doc["config"])
             config = dataclasses.replace(
-                config, segmentation=dataclasses.replace(config.segmentation, device=device))
+                config, segmentation=dataclasses.replace(config.segmentation, device=device)
+            )
             tpath = Path(tmpdir) / "templates.json"
             tpath.write_bytes(zf.read("templates.json"))
             templates = TemplateSet.load(tpath)
@@ -161,8 +162,9 @@ def load_bundle(path: str | os.PathLike, *, device: str = "cpu") -> MCFModel:
             if doc.get("network"):
                 hp = {k: v for k, v in doc["network"].items() if k != "class"}
                 net = UNet(**hp)
-                state = torch.load(io.BytesIO(zf.read("unet.pt")), map_location="cpu",
-                                   weights_only=True)
+                state = torch.load(
+                    io.BytesIO(zf.read("unet.pt")), map_location="cpu", weights_only=True
+                )
                 net.load_state_dict(state)
                 net.to(torch.device(device)).eval()
             stain = None
@@ -174,5 +176,4 @@ def load_bundle(path: str | os.PathLike, *, device: str = "cpu") -> MCFModel:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, zipfile.BadZipFile) as exc:
             raise FormatError(f"{p}: damaged model bundle ({type(exc).__name__}: {exc})") from exc
-    return MCFModel(config, templates, detector, net, stain=stain,
-                    history=doc.get("history", []))
+    return MCFModel(config, templates, detector, net, stain=stain, history=doc.get("history", []))

@@ -68,8 +68,13 @@ class Detection:
 
 
 def postprocess(
-    image: np.ndarray, response: np.ndarray, gdbp_map: np.ndarray, config: DetectionConfig,
-    *, window: int, posterior: np.ndarray | None = None,
+    image: np.ndarray,
+    response: np.ndarray,
+    gdbp_map: np.ndarray,
+    config: DetectionConfig,
+    *,
+    window: int,
+    posterior: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centres, their scores and the pseudo mask from S~ and D (the tail of ``detect``).
 
@@ -92,8 +97,12 @@ def postprocess(
     centres (M, 2) int64, scores (M,) float32, pseudo mask (H, W) int8
     """
     cfg = config
-    centres, scores = find_centres(response, gdbp=gdbp_map if cfg.use_gdbp else None,
-                                   min_distance=cfg.peak_distance, min_score=cfg.min_score)
+    centres, scores = find_centres(
+        response,
+        gdbp=gdbp_map if cfg.use_gdbp else None,
+        min_distance=cfg.peak_distance,
+        min_score=cfg.min_score,
+    )
     post = posterior
     radius = max(1.0, cfg.pseudo_radius * window)
     if post is None and (cfg.centre_gate > 0 or cfg.pseudo_rule == "gated"):
@@ -101,11 +110,21 @@ def postprocess(
         if post is not None and cfg.pseudo_smooth > 0:
             post = ndi.gaussian_filter(post, cfg.pseudo_smooth)
     centres, scores = gate_centres(centres, scores, post, threshold=cfg.centre_gate)
-    mask = pseudo_mask(image, response, centres, window=window, rule=cfg.pseudo_rule,
-                       t1=cfg.t1, ratio=cfg.pseudo_ratio, scores=scores,
-                       radius=cfg.pseudo_radius, fg_posterior=cfg.pseudo_fg,
-                       bg_posterior=cfg.pseudo_bg, free_posterior=cfg.pseudo_fg_free,
-                       posterior=post)
+    mask = pseudo_mask(
+        image,
+        response,
+        centres,
+        window=window,
+        rule=cfg.pseudo_rule,
+        t1=cfg.t1,
+        ratio=cfg.pseudo_ratio,
+        scores=scores,
+        radius=cfg.pseudo_radius,
+        fg_posterior=cfg.pseudo_fg,
+        bg_posterior=cfg.pseudo_bg,
+        free_posterior=cfg.pseudo_fg_free,
+        posterior=post,
+    )
     return centres, scores, mask
 
 
@@ -173,8 +192,11 @@ class Detector:
             raise InputError(f"device = {device!r}: expected 'cpu' or 'cuda[:N]'")
         self.device = device
         self._table = resolve_color_names(cfg.color_names) if cfg.use_cn else None
-        self.bank = _bank if _bank is not None else build_filter_bank(
-            self.templates.crops(), cfg, features=self._features)
+        self.bank = (
+            _bank
+            if _bank is not None
+            else build_filter_bank(self.templates.crops(), cfg, features=self._features)
+        )
         self._setup()
 
     # ------------------------------------------------------------------ set-up
@@ -187,8 +209,9 @@ class Detector:
         cfg = self.config
         n_u = self.bank.n_crops
         self._folded = bool(cfg.fold_crops and (cfg.fusion == "mean" or cfg.top_t >= n_u))
-        filters, layout, gk = correlation_filters(self.bank, g_level=cfg.g_level,
-                                                  fold_crops=self._folded)
+        filters, layout, gk = correlation_filters(
+            self.bank, g_level=cfg.g_level, fold_crops=self._folded
+        )
         if cfg.fusion == "mean" and self._folded and n_u > 1:
             filters = filters / np.float32(n_u)  # mean over crops = sum / U
         self._layout = layout
@@ -196,8 +219,9 @@ class Detector:
         self.max_filter_size = int(filters.shape[-1])
         self._window = int(np.median(self.bank.sizes[:, self.bank.n_scales // 2]))
         if self.device == "cpu":
-            self._engine = SpectralBank(filters, block=cfg.block_size,
-                                        max_spectra_bytes=cfg.max_spectra_mib * 2**20)
+            self._engine = SpectralBank(
+                filters, block=cfg.block_size, max_spectra_bytes=cfg.max_spectra_mib * 2**20
+            )
         else:
             from mcf_fast.models.torch_detect import TorchCorrelator
 
@@ -242,8 +266,7 @@ class Detector:
         sn = normalise_response(s)
         d = gdbp(sn, p=cfg.gdbp_p, q=cfg.gdbp_q)
         centres, scores, mask = postprocess(rgb, sn, d, cfg, window=self._window)
-        return Detection(centres=centres, scores=scores, response=sn, gdbp=d,
-                         pseudo_mask=mask)
+        return Detection(centres=centres, scores=scores, response=sn, gdbp=d, pseudo_mask=mask)
 
     def fused_response(self, features: np.ndarray) -> np.ndarray:
         """The fused response S of eqs. (2)-(3), before normalisation.
@@ -282,8 +305,9 @@ class Detector:
                     g = self.bank.g_weight(n, k)
                     ek = g.shape[0] // 2
                     src = sk[n * n_k + k, e - ek : e + ek + h, e - ek : e + ek + w]
-                    weighted[n * n_k + k] = fftconvolve(src.astype(np.float64),
-                                                        g[::-1, ::-1], mode="valid")
+                    weighted[n * n_k + k] = fftconvolve(
+                        src.astype(np.float64), g[::-1, ::-1], mode="valid"
+                    )
             sk = weighted
         whole = np.array([[0, 0, h, w]], dtype=np.int64)
         scale_template_kernel(sk[None], n_t, n_k, cfg.top_t, cfg.top_h, mean, out, whole)
@@ -299,13 +323,19 @@ class Detector:
 
         items = _templates_of(templates)
         tset = templates if isinstance(templates, TemplateSet) else TemplateSet(items)
-        known = {t.crop.tobytes() + bytes(str(t.crop.shape), "ascii"): i
-                 for i, t in enumerate(self.templates)}
+        known = {
+            t.crop.tobytes() + bytes(str(t.crop.shape), "ascii"): i
+            for i, t in enumerate(self.templates)
+        }
         rows, sizes, crops = [], [], []
-        missing = [t for t in tset if
-                   t.crop.tobytes() + bytes(str(t.crop.shape), "ascii") not in known]
-        fresh = (build_filter_bank([t.crop for t in missing], self.config,
-                                   features=self._features) if missing else None)
+        missing = [
+            t for t in tset if t.crop.tobytes() + bytes(str(t.crop.shape), "ascii") not in known
+        ]
+        fresh = (
+            build_filter_bank([t.crop for t in missing], self.config, features=self._features)
+            if missing
+            else None
+        )
         j = 0
         for t in tset:
             key = t.crop.tobytes() + bytes(str(t.crop.shape), "ascii")
@@ -320,8 +350,13 @@ class Detector:
                 sizes.append(fresh.sizes[j])
                 crops.append(fresh.crops[j])
                 j += 1
-        bank = FilterBank(tuple(rows), np.asarray(sizes, np.int64), np.asarray(crops, np.int64),
-                          self.bank.n_channels, self.bank.g_sigma)
+        bank = FilterBank(
+            tuple(rows),
+            np.asarray(sizes, np.int64),
+            np.asarray(crops, np.int64),
+            self.bank.n_channels,
+            self.bank.g_sigma,
+        )
         return Detector(tset, self.config, device=self.device, _bank=bank)
 
     def save_bank(self, path: str | os.PathLike) -> Path:
@@ -351,19 +386,27 @@ class Detector:
         bank = FilterBank.load(bank_path)
         items = _templates_of(templates)
         want_sizes = np.asarray([scale_sizes(t.size, cfg) for t in items], dtype=np.int64)
-        want_crops = np.asarray([[crop_sizes(s, cfg) for s in row] for row in want_sizes],
-                                dtype=np.int64)
-        if (bank.sizes.shape != want_sizes.shape or np.any(bank.sizes != want_sizes)
-                or bank.crops.shape != want_crops.shape or np.any(bank.crops != want_crops)
-                or bank.n_channels != feature_channels(cfg)):
+        want_crops = np.asarray(
+            [[crop_sizes(s, cfg) for s in row] for row in want_sizes], dtype=np.int64
+        )
+        if (
+            bank.sizes.shape != want_sizes.shape
+            or np.any(bank.sizes != want_sizes)
+            or bank.crops.shape != want_crops.shape
+            or np.any(bank.crops != want_crops)
+            or bank.n_channels != feature_channels(cfg)
+        ):
             raise FormatError(
                 f"{bank_path}: the filter bank ({bank.sizes.shape[0]} templates, "
                 f"{bank.n_channels} channels) does not match the template set "
-                f"({len(items)} templates) and config ({feature_channels(cfg)} channels)")
+                f"({len(items)} templates) and config ({feature_channels(cfg)} channels)"
+            )
         bank = dataclasses.replace(bank, g_sigma=float(cfg.g_sigma))
         return cls(templates, cfg, device=device, _bank=bank)
 
     def __repr__(self) -> str:
         n_t, n_k, n_u = self._layout
-        return (f"Detector({len(self.templates)} templates, {n_t * n_k * n_u} correlation "
-                f"filters of side {self.max_filter_size}, device={self.device!r})")
+        return (
+            f"Detector({len(self.templates)} templates, {n_t * n_k * n_u} correlation "
+            f"filters of side {self.max_filter_size}, device={self.device!r})"
+        )

@@ -75,14 +75,29 @@ SEGMENTATION_ABLATIONS: dict[str, dict[str, Any]] = {
 PAPER: dict[str, Any] = {
     "source": "Feng et al., ICCV 2021, Tables 1-3 (MICCAI18 = MoNuSeg 2018, score 1)",
     "table1": {  # segmentation
-        "Hou (unsupervised)": {"PA": 89.14, "MPA": 76.95, "IoU": 52.51, "FWIoU": 80.05,
-                               "Dice": 68.87},
-        "Mahmood (weakly sup.)": {"PA": 86.27, "MPA": 75.88, "IoU": 47.61, "FWIoU": 76.35,
-                                  "Dice": 64.51},
+        "Hou (unsupervised)": {
+            "PA": 89.14,
+            "MPA": 76.95,
+            "IoU": 52.51,
+            "FWIoU": 80.05,
+            "Dice": 68.87,
+        },
+        "Mahmood (weakly sup.)": {
+            "PA": 86.27,
+            "MPA": 75.88,
+            "IoU": 47.61,
+            "FWIoU": 76.35,
+            "Dice": 64.51,
+        },
         "MedT": {"PA": 91.05, "MPA": 85.25, "IoU": 64.50, "FWIoU": 83.93, "Dice": 78.42},
         "FCN-based": {"PA": 85.41, "MPA": 81.83, "IoU": 52.87, "FWIoU": 76.12, "Dice": 69.17},
-        "U-Net (supervised)": {"PA": 91.72, "MPA": 87.04, "IoU": 67.35, "FWIoU": 85.10,
-                               "Dice": 80.49},
+        "U-Net (supervised)": {
+            "PA": 91.72,
+            "MPA": 87.04,
+            "IoU": 67.35,
+            "FWIoU": 85.10,
+            "Dice": 80.49,
+        },
         "Mask R-CNN": {"PA": 89.78, "MPA": 80.85, "IoU": 57.98, "FWIoU": 81.57, "Dice": 73.40},
         "MCF": {"PA": 86.39, "MPA": 81.43, "IoU": 53.66, "FWIoU": 77.30, "Dice": 69.84},
         "Detection": {"PA": 72.50, "MPA": 76.70, "IoU": 41.05, "FWIoU": 60.33, "Dice": 58.21},
@@ -154,11 +169,29 @@ def _source_version() -> str:
     if not (repo / ".git").exists():
         return __version__
     try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain",
-                                "--untracked-files=no", "--", "mcf_fast"],
-                               capture_output=True, text=True, timeout=10, check=True)
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        dirty = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(repo),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "mcf_fast",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return __version__
     flag = "+dirty" if dirty.stdout.strip() else ""
@@ -180,8 +213,9 @@ def _csv_points(path: Path, centres: np.ndarray) -> None:
                 fh.write(f"{float(y)!r},{float(x)!r}\n")
 
 
-def _write_prediction(folder: Path, name: str, labels: np.ndarray,
-                      centres: np.ndarray | None) -> None:
+def _write_prediction(
+    folder: Path, name: str, labels: np.ndarray, centres: np.ndarray | None
+) -> None:
     labels = np.asarray(labels)
     if labels.size and int(labels.max()) > np.iinfo(np.uint16).max:
         write_image(folder / f"{name}.tif", labels.astype(np.uint32))
@@ -230,8 +264,9 @@ class _Split:
         from mcf_fast.io.datasets import FolderDataset
 
         if not root.is_dir():
-            raise DataError(f"{root}: dataset split folder not found (expected images/ and "
-                            "masks/ inside)")
+            raise DataError(
+                f"{root}: dataset split folder not found (expected images/ and masks/ inside)"
+            )
         dataset = FolderDataset(root, require_masks=require_masks)
         if limit:
             # the same dataset restricted to its first `limit` images (it lists self.names)
@@ -320,8 +355,9 @@ def _score_and_write(
     pred_dir.mkdir(parents=True, exist_ok=True)
     items = []
     det_counts = {r: [0, 0, 0] for r in _RADII}
-    for i, name in enumerate(tqdm(ctx.test.names, desc=desc, unit="image",
-                                  disable=not ctx.progress, leave=False)):
+    for i, name in enumerate(
+        tqdm(ctx.test.names, desc=desc, unit="image", disable=not ctx.progress, leave=False)
+    ):
         labels, centres = predict(i, images[i])
         _write_prediction(pred_dir, name, labels, centres)
         gt = ctx.test.mask(name)
@@ -360,21 +396,35 @@ def _with_runtime(config: Any, device: str, seed: int) -> Any:
     )
 
 
-def _fit_mcf(ctx: _Context, config: Any, templates: Any, stain: str,
-             normalizer: Any, folder: str) -> Any:
+def _fit_mcf(
+    ctx: _Context, config: Any, templates: Any, stain: str, normalizer: Any, folder: str
+) -> Any:
     from mcf_fast.pipeline.mcf import MCF
 
     # MCF normalises the images (and template crops) itself when given a normaliser, and
     # records it in the model, so it gets the raw images here.  A checkpoint per fit lets
     # an interrupted evaluation resume.
-    return MCF(config).fit(ctx.train.images(), templates, names=ctx.train.names,
-                           stain=normalizer, progress=ctx.progress,
-                           checkpoint_dir=ctx.out / "checkpoints" / folder,
-                           resume=ctx.resume)
+    return MCF(config).fit(
+        ctx.train.images(),
+        templates,
+        names=ctx.train.names,
+        stain=normalizer,
+        progress=ctx.progress,
+        checkpoint_dir=ctx.out / "checkpoints" / folder,
+        resume=ctx.resume,
+    )
 
 
-def _run_mcf(ctx: _Context, *, config: Any, templates: Any, stain: str, normalizer: Any,
-             folder: str, desc: str) -> dict[str, Any]:
+def _run_mcf(
+    ctx: _Context,
+    *,
+    config: Any,
+    templates: Any,
+    stain: str,
+    normalizer: Any,
+    folder: str,
+    desc: str,
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     model = _fit_mcf(ctx, config, templates, stain, normalizer, folder)
     fit_s = time.perf_counter() - t0
@@ -386,8 +436,14 @@ def _run_mcf(ctx: _Context, *, config: Any, templates: Any, stain: str, normaliz
         last[:] = [np.asarray(pred.detected_centres, dtype=np.float64).reshape(-1, 2)]
         return pred.labels, np.asarray(pred.centres, dtype=np.float64).reshape(-1, 2)
 
-    res = _score_and_write(ctx, folder=folder, predict=predict, images=ctx.test.images(),
-                           desc=desc, detected=lambda: last[0])
+    res = _score_and_write(
+        ctx,
+        folder=folder,
+        predict=predict,
+        images=ctx.test.images(),
+        desc=desc,
+        detected=lambda: last[0],
+    )
     res["fit_s"] = round(fit_s, 1)
     n_final = _n_templates(model)
     if n_final is not None:
@@ -403,14 +459,25 @@ def _n_templates(model: Any) -> int | None:
         return None
 
 
-def _run_watershed(ctx: _Context, *, stain: str, normalizer: Any, folder: str,
-                   params: Any | None, tune_crop: int | None) -> dict[str, Any]:
+def _run_watershed(
+    ctx: _Context,
+    *,
+    stain: str,
+    normalizer: Any,
+    folder: str,
+    params: Any | None,
+    tune_crop: int | None,
+) -> dict[str, Any]:
     from mcf_fast.pipeline.baselines import WatershedParams, tune_watershed, watershed_nuclei
 
     tuning = None
     if params is None:
-        tuning = tune_watershed(ctx.images("train", stain, normalizer), ctx.train.masks(),
-                                crop=tune_crop, progress=ctx.progress)
+        tuning = tune_watershed(
+            ctx.images("train", stain, normalizer),
+            ctx.train.masks(),
+            crop=tune_crop,
+            progress=ctx.progress,
+        )
         params = tuning.params
     elif isinstance(params, dict):
         params = WatershedParams.from_dict(params)
@@ -418,39 +485,60 @@ def _run_watershed(ctx: _Context, *, stain: str, normalizer: Any, folder: str,
     def predict(i: int, image: np.ndarray) -> tuple[np.ndarray, None]:
         return watershed_nuclei(image, params=params), None
 
-    res = _score_and_write(ctx, folder=folder, predict=predict,
-                           images=ctx.images("test", stain, normalizer),
-                           desc=f"watershed [{stain}]")
+    res = _score_and_write(
+        ctx,
+        folder=folder,
+        predict=predict,
+        images=ctx.images("test", stain, normalizer),
+        desc=f"watershed [{stain}]",
+    )
     res["params"] = params.to_dict()
     if tuning is not None:
-        res["tuning"] = {"objective": "mean of Dice, AJI, F1@12 on the train split",
-                         "train_score": tuning.score, "crop": tune_crop,
-                         "n_evaluated": len(tuning.history)}
+        res["tuning"] = {
+            "objective": "mean of Dice, AJI, F1@12 on the train split",
+            "train_score": tuning.score,
+            "crop": tune_crop,
+            "n_evaluated": len(tuning.history),
+        }
     return res
 
 
-def _run_supervised(ctx: _Context, *, stain: str, normalizer: Any,
-                    folder: str) -> dict[str, Any]:
+def _run_supervised(ctx: _Context, *, stain: str, normalizer: Any, folder: str) -> dict[str, Any]:
     from mcf_fast.models.train import predict_proba, train_unet
     from mcf_fast.pipeline.instances import instance_labels
 
     seg = ctx.config.segmentation
     targets = [(m > 0).astype(np.int8) for m in ctx.train.masks()]
     t0 = time.perf_counter()
-    net = train_unet(ctx.images("train", stain, normalizer), targets, seg, loss="ce",
-                     progress=ctx.progress, desc="train supervised U-Net")
+    net = train_unet(
+        ctx.images("train", stain, normalizer),
+        targets,
+        seg,
+        loss="ce",
+        progress=ctx.progress,
+        desc="train supervised U-Net",
+    )
     fit_s = time.perf_counter() - t0
 
     def predict(i: int, image: np.ndarray) -> tuple[np.ndarray, None]:
         p1 = predict_proba(net, image, device=seg.device, tile=seg.tile, flips=seg.tta_flips)
         # 0.5: trained on full masks, its probability has no unknown-pixel bias to offset
-        labels = instance_labels(p1, threshold=0.5, min_area=seg.min_nucleus_area,
-                                 seeds=seg.instance_seeds, h=seg.instance_h)
+        labels = instance_labels(
+            p1,
+            threshold=0.5,
+            min_area=seg.min_nucleus_area,
+            seeds=seg.instance_seeds,
+            h=seg.instance_h,
+        )
         return labels, None
 
-    res = _score_and_write(ctx, folder=folder, predict=predict,
-                           images=ctx.images("test", stain, normalizer),
-                           desc=f"supervised [{stain}]")
+    res = _score_and_write(
+        ctx,
+        folder=folder,
+        predict=predict,
+        images=ctx.images("test", stain, normalizer),
+        desc=f"supervised [{stain}]",
+    )
     res["fit_s"] = round(fit_s, 1)
     return res
 
@@ -472,8 +560,16 @@ def _restain_templates(ctx: _Context, templates: Any, stain: str, normalizer: An
     return TemplateSet(new, meta=templates.meta)
 
 
-def _run_detector(ctx: _Context, *, det_config: Any, templates: Any, stain: str,
-                  normalizer: Any, folder: str, desc: str) -> dict[str, Any]:
+def _run_detector(
+    ctx: _Context,
+    *,
+    det_config: Any,
+    templates: Any,
+    stain: str,
+    normalizer: Any,
+    folder: str,
+    desc: str,
+) -> dict[str, Any]:
     from scipy import ndimage as ndi
 
     from mcf_fast.pipeline.detector import Detector
@@ -485,8 +581,9 @@ def _run_detector(ctx: _Context, *, det_config: Any, templates: Any, stain: str,
         labels, _ = ndi.label(np.asarray(d.pseudo_mask) == 1)
         return labels.astype(np.int32), np.asarray(d.centres, np.float64).reshape(-1, 2)
 
-    return _score_and_write(ctx, folder=folder, predict=predict,
-                            images=ctx.images("test", stain, normalizer), desc=desc)
+    return _score_and_write(
+        ctx, folder=folder, predict=predict, images=ctx.images("test", stain, normalizer), desc=desc
+    )
 
 
 def run_evaluation(
@@ -631,8 +728,16 @@ def run_evaluation(
         "paper": PAPER,
         "_t0": t_start,
     }
-    ctx = _Context(out=out_dir, train=train, test=test, config=config, device=device,
-                   progress=progress, report=report, resume=resume)
+    ctx = _Context(
+        out=out_dir,
+        train=train,
+        test=test,
+        config=config,
+        device=device,
+        progress=progress,
+        report=report,
+        resume=resume,
+    )
     ctx.save()
 
     def record(row: dict[str, Any], t0: float) -> None:
@@ -651,68 +756,139 @@ def run_evaluation(
         suffix = "" if mode == "none" else f"-{mode}"
         for method in methods_t:
             t0 = time.perf_counter()
-            row: dict[str, Any] = {"section": "main", "method": method, "variant": "",
-                                   "stain": mode}
+            row: dict[str, Any] = {
+                "section": "main",
+                "method": method,
+                "variant": "",
+                "stain": mode,
+            }
             if method == "mcf":
-                row.update(_run_mcf(ctx, config=config, templates=templates, stain=mode,
-                                    normalizer=normalizer, folder=f"mcf{suffix}",
-                                    desc=f"mcf [{mode}]"))
+                row.update(
+                    _run_mcf(
+                        ctx,
+                        config=config,
+                        templates=templates,
+                        stain=mode,
+                        normalizer=normalizer,
+                        folder=f"mcf{suffix}",
+                        desc=f"mcf [{mode}]",
+                    )
+                )
             elif method == "watershed":
-                row.update(_run_watershed(ctx, stain=mode, normalizer=normalizer,
-                                          folder=f"watershed{suffix}",
-                                          params=watershed_params, tune_crop=tune_crop))
+                row.update(
+                    _run_watershed(
+                        ctx,
+                        stain=mode,
+                        normalizer=normalizer,
+                        folder=f"watershed{suffix}",
+                        params=watershed_params,
+                        tune_crop=tune_crop,
+                    )
+                )
             else:
-                row.update(_run_supervised(ctx, stain=mode, normalizer=normalizer,
-                                           folder=f"supervised{suffix}"))
+                row.update(
+                    _run_supervised(
+                        ctx, stain=mode, normalizer=normalizer, folder=f"supervised{suffix}"
+                    )
+                )
             record(row, t0)
         if si > 0:
             continue
         if ablation:
             t0 = time.perf_counter()
-            row = {"section": "ablation-detection", "method": "detector", "variant": "MCF",
-                   "stain": mode}
-            row.update(_run_detector(ctx, det_config=config.detection, templates=templates,
-                                     stain=mode, normalizer=normalizer,
-                                     folder="ablation/detector-full", desc="detector"))
+            row = {
+                "section": "ablation-detection",
+                "method": "detector",
+                "variant": "MCF",
+                "stain": mode,
+            }
+            row.update(
+                _run_detector(
+                    ctx,
+                    det_config=config.detection,
+                    templates=templates,
+                    stain=mode,
+                    normalizer=normalizer,
+                    folder="ablation/detector-full",
+                    desc="detector",
+                )
+            )
             record(row, t0)
             for name, fields in DETECTION_ABLATIONS.items():
                 t0 = time.perf_counter()
                 det_cfg = dataclasses.replace(config.detection, **fields)
-                row = {"section": "ablation-detection", "method": "detector",
-                       "variant": name, "stain": mode, "switch": fields}
-                row.update(_run_detector(ctx, det_config=det_cfg, templates=templates,
-                                         stain=mode, normalizer=normalizer,
-                                         folder=f"ablation/detector{_slug(name)}",
-                                         desc=f"detector {name}"))
+                row = {
+                    "section": "ablation-detection",
+                    "method": "detector",
+                    "variant": name,
+                    "stain": mode,
+                    "switch": fields,
+                }
+                row.update(
+                    _run_detector(
+                        ctx,
+                        det_config=det_cfg,
+                        templates=templates,
+                        stain=mode,
+                        normalizer=normalizer,
+                        folder=f"ablation/detector{_slug(name)}",
+                        desc=f"detector {name}",
+                    )
+                )
                 record(row, t0)
             for name, fields in SEGMENTATION_ABLATIONS.items():
                 t0 = time.perf_counter()
                 cfg = dataclasses.replace(
                     config, segmentation=dataclasses.replace(config.segmentation, **fields)
                 )
-                row = {"section": "ablation-segmentation", "method": "mcf", "variant": name,
-                       "stain": mode, "switch": fields}
+                row = {
+                    "section": "ablation-segmentation",
+                    "method": "mcf",
+                    "variant": name,
+                    "stain": mode,
+                    "switch": fields,
+                }
                 same = _main_mcf_row(report, mode) if cfg == config else None
                 if same is not None:  # the switch is already off in this preset: same fit
                     row.update(_reused(same))
                 else:
-                    row.update(_run_mcf(ctx, config=cfg, templates=templates, stain=mode,
-                                        normalizer=normalizer,
-                                        folder=f"ablation/mcf{_slug(name)}",
-                                        desc=f"mcf {name}"))
+                    row.update(
+                        _run_mcf(
+                            ctx,
+                            config=cfg,
+                            templates=templates,
+                            stain=mode,
+                            normalizer=normalizer,
+                            folder=f"ablation/mcf{_slug(name)}",
+                            desc=f"mcf {name}",
+                        )
+                    )
                 record(row, t0)
         for k in sweep:
             t0 = time.perf_counter()
-            row = {"section": "sweep", "method": "mcf", "variant": f"n={k}", "stain": mode,
-                   "n_templates": k}
+            row = {
+                "section": "sweep",
+                "method": "mcf",
+                "variant": f"n={k}",
+                "stain": mode,
+                "n_templates": k,
+            }
             same = _main_mcf_row(report, mode) if k == n_templates else None
             if same is not None:  # the main run already fitted this template set
                 row.update(_reused(same))
             else:
                 tset = select_templates(train.dataset, n=k, seed=seed)
-                row.update(_run_mcf(ctx, config=config, templates=tset, stain=mode,
-                                    normalizer=normalizer, folder=f"sweep/mcf-n{k}",
-                                    desc=f"mcf n={k}"))
+                row.update(
+                    _run_mcf(
+                        ctx,
+                        config=config,
+                        templates=tset,
+                        stain=mode,
+                        normalizer=normalizer,
+                        folder=f"sweep/mcf-n{k}",
+                        desc=f"mcf n={k}",
+                    )
+                )
             record(row, t0)
 
     report["complete"] = True
@@ -730,8 +906,11 @@ def _main_mcf_row(report: dict[str, Any], mode: str) -> dict[str, Any] | None:
 
 def _reused(main_row: dict[str, Any]) -> dict[str, Any]:
     """A row whose settings equal the main MCF run's: its results, marked as such."""
-    keep = {k: v for k, v in main_row.items()
-            if k not in ("section", "method", "variant", "stain", "wall_s")}
+    keep = {
+        k: v
+        for k, v in main_row.items()
+        if k not in ("section", "method", "variant", "stain", "wall_s")
+    }
     return {**keep, "same_as_main": True}
 
 
@@ -747,10 +926,27 @@ def _slug(name: str) -> str:
 
 # ----------------------------------------------------------------------------- Markdown
 _SEG_KEYS = ("PA", "MPA", "IoU", "FWIoU", "Dice")
-_MAIN_KEYS = ("PA", "MPA", "IoU", "FWIoU", "Dice", "P@6", "R@6", "F1@6", "P@12", "R@12",
-              "F1@12", "AJI", "PQ")
-_LABELS = {"mcf": "MCF (ours)", "watershed": "watershed baseline (ours)",
-           "supervised": "supervised U-Net (ours)", "detector": "detection branch (ours)"}
+_MAIN_KEYS = (
+    "PA",
+    "MPA",
+    "IoU",
+    "FWIoU",
+    "Dice",
+    "P@6",
+    "R@6",
+    "F1@6",
+    "P@12",
+    "R@12",
+    "F1@12",
+    "AJI",
+    "PQ",
+)
+_LABELS = {
+    "mcf": "MCF (ours)",
+    "watershed": "watershed baseline (ours)",
+    "supervised": "supervised U-Net (ours)",
+    "detector": "detection branch (ours)",
+}
 
 
 def _pct(v: Any) -> str:
@@ -773,7 +969,8 @@ def results_markdown(report: dict[str, Any]) -> str:
         f"- Wall time: {report.get('wall_s', 0):.0f} s"
         + ("" if report.get("complete") else " (incomplete: still running or interrupted)"),
         f"- Data: `{report['data']}` (train {report['n_train']} images, test {n_test} images"
-        + (", LIMITED subset" if report.get("limited") else "") + ")",
+        + (", LIMITED subset" if report.get("limited") else "")
+        + ")",
         f"- Templates: {report['n_templates']} from the train split, seed {report['seed']} "
         f"(`{report['templates_file']}`); preset `{report['preset']}`, device "
         f"`{report['device']}`",
@@ -796,8 +993,10 @@ def results_markdown(report: dict[str, Any]) -> str:
     for r in main:
         a = r["aggregate"]
         vals = " | ".join(_pct(a.get(k)) for k in _MAIN_KEYS)
-        lines.append(f"| {_LABELS.get(r['method'], r['method'])} | {r['stain']} | {vals} | "
-                     f"{r.get('fit_s', '')} | {r['wall_s']} |")
+        lines.append(
+            f"| {_LABELS.get(r['method'], r['method'])} | {r['stain']} | {vals} | "
+            f"{r.get('fit_s', '')} | {r['wall_s']} |"
+        )
     t1, t2 = PAPER["table1"], PAPER["table2"]
     for name, det in (("MCF", t2["MCF"]), ("U-Net (supervised)", None), ("Detection", None)):
         seg = t1[name]
@@ -809,28 +1008,38 @@ def results_markdown(report: dict[str, Any]) -> str:
     with_det = [r for r in runs if "detector_centres" in r]
     if with_det:
         keys = ("P@6", "R@6", "F1@6", "P@12", "R@12", "F1@12")
-        lines += ["Detection scored on the detector's own centres (the rows above use the "
-                  "centroids of the predicted instances):", "",
-                  "| run | stain | " + " | ".join(keys) + " |", "|---|---|" + "---:|" * 6]
+        lines += [
+            "Detection scored on the detector's own centres (the rows above use the "
+            "centroids of the predicted instances):",
+            "",
+            "| run | stain | " + " | ".join(keys) + " |",
+            "|---|---|" + "---:|" * 6,
+        ]
         for r in with_det:
             d = r["detector_centres"]
-            name = " ".join(x for x in (_LABELS.get(r["method"], r["method"]), r["variant"])
-                            if x)
-            lines.append(f"| {name} | {r['stain']} | "
-                         + " | ".join(_pct(d.get(k)) for k in keys) + " |")
+            name = " ".join(x for x in (_LABELS.get(r["method"], r["method"]), r["variant"]) if x)
+            lines.append(
+                f"| {name} | {r['stain']} | " + " | ".join(_pct(d.get(k)) for k in keys) + " |"
+            )
         lines.append("")
 
     det_rows = [r for r in runs if r["section"] == "ablation-detection"]
     if det_rows:
-        lines += ["## Ablation: detection branch (Table 3)", "",
-                  "Detection branch alone (initial templates, no loop); paper values in italics.",
-                  "", "| switch | P@6 | R@6 | F1@6 | P@12 | R@12 | F1@12 | paper P | paper R | "
-                  "paper F | wall s |", "|---|" + "---:|" * 10]
+        lines += [
+            "## Ablation: detection branch (Table 3)",
+            "",
+            "Detection branch alone (initial templates, no loop); paper values in italics.",
+            "",
+            "| switch | P@6 | R@6 | F1@6 | P@12 | R@12 | F1@12 | paper P | paper R | "
+            "paper F | wall s |",
+            "|---|" + "---:|" * 10,
+        ]
         for r in det_rows:
             a = r["aggregate"]
             p = PAPER["table3_detection"].get(r["variant"], {})
-            vals = " | ".join(_pct(a.get(k)) for k in ("P@6", "R@6", "F1@6", "P@12", "R@12",
-                                                        "F1@12"))
+            vals = " | ".join(
+                _pct(a.get(k)) for k in ("P@6", "R@6", "F1@6", "P@12", "R@12", "F1@12")
+            )
             pv = " | ".join(_paper(p.get(k)) for k in ("P", "R", "F"))
             lines.append(f"| {r['variant']} | {vals} | {pv} | {r['wall_s']} |")
         lines.append("")
@@ -838,10 +1047,13 @@ def results_markdown(report: dict[str, Any]) -> str:
     if seg_rows:
         ref = [r for r in main if r["method"] == "mcf" and r["stain"] == seg_rows[0]["stain"]]
         keys = _SEG_KEYS + ("AJI", "PQ", "F1@12")
-        lines += ["## Ablation: segmentation branch (Table 3)", "",
-                  "| switch | " + " | ".join(keys) + " | paper PA | paper MPA | paper IoU | "
-                  "paper FWIoU | paper Dice | wall s |",
-                  "|---|" + "---:|" * (len(keys) + 6)]
+        lines += [
+            "## Ablation: segmentation branch (Table 3)",
+            "",
+            "| switch | " + " | ".join(keys) + " | paper PA | paper MPA | paper IoU | "
+            "paper FWIoU | paper Dice | wall s |",
+            "|---|" + "---:|" * (len(keys) + 6),
+        ]
         for r in ref[:1] + seg_rows:
             variant = r["variant"] or "MCF"
             a = r["aggregate"]
@@ -851,35 +1063,52 @@ def results_markdown(report: dict[str, Any]) -> str:
             wall = "= MCF row" if r.get("same_as_main") else r["wall_s"]
             lines.append(f"| {variant} | {vals} | {pv} | {wall} |")
         if any(r.get("same_as_main") for r in seg_rows):
-            lines += ["", "`= MCF row`: the switch is already off in this preset, so the "
-                      "run is the MCF row's (not fitted twice)."]
+            lines += [
+                "",
+                "`= MCF row`: the switch is already off in this preset, so the "
+                "run is the MCF row's (not fitted twice).",
+            ]
         lines.append("")
     sweep = [r for r in runs if r["section"] == "sweep"]
     if sweep:
         keys = ("P@12", "R@12", "F1@12", "IoU", "Dice", "AJI", "PQ")
-        lines += ["## Number of templates (Fig. 5)", "",
-                  "The paper shows this sweep only as a figure (no numbers in its text).", "",
-                  "| templates | final templates | " + " | ".join(keys) + " | wall s |",
-                  "|---:|---:|" + "---:|" * (len(keys) + 1)]
+        lines += [
+            "## Number of templates (Fig. 5)",
+            "",
+            "The paper shows this sweep only as a figure (no numbers in its text).",
+            "",
+            "| templates | final templates | " + " | ".join(keys) + " | wall s |",
+            "|---:|---:|" + "---:|" * (len(keys) + 1),
+        ]
         for r in sweep:
             a = r["aggregate"]
             vals = " | ".join(_pct(a.get(k)) for k in keys)
             wall = "= main run" if r.get("same_as_main") else r["wall_s"]
-            lines.append(f"| {r['n_templates']} | {r.get('n_templates_final', '')} | {vals} | "
-                         f"{wall} |")
+            lines.append(
+                f"| {r['n_templates']} | {r.get('n_templates_final', '')} | {vals} | {wall} |"
+            )
         lines.append("")
     ws = [r for r in main if r["method"] == "watershed"]
     if ws:
         lines += ["## Watershed parameters", ""]
         for r in ws:
             tun = r.get("tuning")
-            how = (f"tuned on the train split ({tun['n_evaluated']} settings, objective "
-                   f"{tun['objective']}, central {tun['crop']} px crops, score "
-                   f"{tun['train_score']:.4f})") if tun else "given"
+            how = (
+                (
+                    f"tuned on the train split ({tun['n_evaluated']} settings, objective "
+                    f"{tun['objective']}, central {tun['crop']} px crops, score "
+                    f"{tun['train_score']:.4f})"
+                )
+                if tun
+                else "given"
+            )
             lines.append(f"- stain `{r['stain']}`: `{json.dumps(r['params'])}`, {how}")
         lines.append("")
-    lines += ["Predictions: `<folder>/<image>.png` (instance labels) and `<image>.csv` "
-              "(centres), re-scorable with `mcf score --data ROOT/test --pred OUT/<folder>`:", ""]
+    lines += [
+        "Predictions: `<folder>/<image>.png` (instance labels) and `<image>.csv` "
+        "(centres), re-scorable with `mcf score --data ROOT/test --pred OUT/<folder>`:",
+        "",
+    ]
     for r in runs:
         lines.append(f"- `{r['pred_dir']}`: {r['method']} {r['variant']} [{r['stain']}]")
     lines.append("")

@@ -30,8 +30,15 @@ SEED_MODES = ("centres", "distance", "hmaxima")
 
 #: one row per nucleus: its id in the label image, centroid (y, x), area in pixels and mean
 #: grey intensity (0..255, ITU-R BT.601 luma) of the image inside it
-TABLE_DTYPE = np.dtype([("label", np.int32), ("y", np.float64), ("x", np.float64),
-                        ("area", np.int64), ("mean_intensity", np.float64)])
+TABLE_DTYPE = np.dtype(
+    [
+        ("label", np.int32),
+        ("y", np.float64),
+        ("x", np.float64),
+        ("area", np.int64),
+        ("mean_intensity", np.float64),
+    ]
+)
 
 
 def _distance_seeds(dist: np.ndarray, comps: np.ndarray, min_distance: int) -> np.ndarray:
@@ -100,8 +107,7 @@ def instance_labels(
         if c.ndim != 2 or c.shape[1] != 2:
             raise InputError(f"centres: expected shape (N, 2), got {c.shape}")
         yx = np.round(c).astype(np.int64)
-        ok = ((yx[:, 0] >= 0) & (yx[:, 0] < p.shape[0]) & (yx[:, 1] >= 0)
-              & (yx[:, 1] < p.shape[1]))
+        ok = (yx[:, 0] >= 0) & (yx[:, 0] < p.shape[0]) & (yx[:, 1] >= 0) & (yx[:, 1] < p.shape[1])
         yx = yx[ok]
         yx = yx[mask[yx[:, 0], yx[:, 1]]]
         markers[yx[:, 0], yx[:, 1]] = np.arange(1, len(yx) + 1, dtype=np.int32)

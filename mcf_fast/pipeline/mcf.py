@@ -158,16 +158,23 @@ def missed_nuclei(
         if r.axis_minor_length < min_axis_ratio * r.axis_major_length:
             continue
         cy, cx = r.centroid
-        out.append({"y": int(math.floor(cy + 0.5)), "x": int(math.floor(cx + 0.5)),
-                     "area": int(r.area), "diameter": float(r.equivalent_diameter_area),
-                     "score": float(r.intensity_mean)})
+        out.append(
+            {
+                "y": int(math.floor(cy + 0.5)),
+                "x": int(math.floor(cx + 0.5)),
+                "area": int(r.area),
+                "diameter": float(r.equivalent_diameter_area),
+                "score": float(r.intensity_mean),
+            }
+        )
     out.sort(key=lambda d: (-d["score"], -d["area"], d["y"], d["x"]))
     return out
 
 
 # ---------------------------------------------------------------------------- helpers
-def _load_images(images: Sequence[Any], names: Sequence[str] | None
-                 ) -> tuple[list[np.ndarray], list[str]]:
+def _load_images(
+    images: Sequence[Any], names: Sequence[str] | None
+) -> tuple[list[np.ndarray], list[str]]:
     if isinstance(images, (str, os.PathLike, np.ndarray)):
         raise InputError("images: expected a sequence of images or paths, not a single one")
     arrays, out_names = [], []
@@ -205,12 +212,19 @@ def _restain_templates(templates, stain, images: list[np.ndarray], names: list[s
 
 #: SegmentationConfig fields that act only at prediction time: a checkpoint stays valid
 #: when they change, so ``resume`` can re-predict with new values without refitting
-INFERENCE_ONLY = ("device", "threshold", "min_nucleus_area", "instance_seeds", "instance_h",
-                  "tta_flips")
+INFERENCE_ONLY = (
+    "device",
+    "threshold",
+    "min_nucleus_area",
+    "instance_seeds",
+    "instance_h",
+    "tta_flips",
+)
 
 
-def _fingerprint(config: MCFConfig, images: list[np.ndarray], names: list[str],
-                 templates, stain) -> str:
+def _fingerprint(
+    config: MCFConfig, images: list[np.ndarray], names: list[str], templates, stain
+) -> str:
     cfg = config_to_dict(config)
     for name in INFERENCE_ONLY:
         cfg["segmentation"].pop(name, None)
@@ -229,14 +243,18 @@ def _pseudo_fractions(pseudo: list[np.ndarray]) -> dict[str, float]:
     """Shares of unknown, background and nucleus pixels; an error when a class is absent."""
     counts = sum(np.bincount(pm.ravel().astype(np.int64) + 1, minlength=3) for pm in pseudo)
     total = max(int(counts.sum()), 1)
-    frac = {"unknown": counts[0] / total, "background": counts[1] / total,
-            "nucleus": counts[2] / total}
+    frac = {
+        "unknown": counts[0] / total,
+        "background": counts[1] / total,
+        "nucleus": counts[2] / total,
+    }
     for name in ("background", "nucleus"):
         if frac[name] == 0:
             raise DataError(
                 f"the detector's pseudo masks hold no confident {name} pixel on any training "
                 "image; the network has nothing to learn from (check the templates and "
-                "DetectionConfig.t1 / pseudo_rule)")
+                "DetectionConfig.t1 / pseudo_rule)"
+            )
     return {k: round(float(v), 5) for k, v in frac.items()}
 
 
@@ -244,8 +262,11 @@ def _round_summary(losses: list[float]) -> dict[str, float] | None:
     if not losses:
         return None
     k = max(1, len(losses) // 10)
-    return {"first": float(np.mean(losses[:k])), "last": float(np.mean(losses[-k:])),
-            "steps": len(losses)}
+    return {
+        "first": float(np.mean(losses[:k])),
+        "last": float(np.mean(losses[-k:])),
+        "steps": len(losses),
+    }
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -331,8 +352,9 @@ class MCF:
         seg = cfg.segmentation
         imgs, names = _load_images(images, names)
         if stain is not None:
-            imgs = [as_rgb_uint8(stain.transform(im), name=n) for im, n in zip(imgs, names,
-                                                                               strict=True)]
+            imgs = [
+                as_rgb_uint8(stain.transform(im), name=n) for im, n in zip(imgs, names, strict=True)
+            ]
             templates = _restain_templates(templates, stain, imgs, names)
         fingerprint = _fingerprint(cfg, imgs, names, templates, stain)
         ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -357,69 +379,117 @@ class MCF:
                 elif detector_set is not templates:  # reuse the filters already built
                     detector = detector.with_templates(templates)
                 detector_set = templates
-                entry: dict[str, Any] = {"round": r + 1, "n_templates": len(templates),
-                                         "added": []}
+                entry: dict[str, Any] = {"round": r + 1, "n_templates": len(templates), "added": []}
                 if not seg.use_network:  # "-seg.": nothing to train, the detector is the model
                     state["done"] = True
                 else:
-                    detections = [detector.detect(im) for im in tqdm(
-                        imgs, desc=f"round {r + 1}: detect", unit="image",
-                        disable=not progress, leave=False)]
+                    detections = [
+                        detector.detect(im)
+                        for im in tqdm(
+                            imgs,
+                            desc=f"round {r + 1}: detect",
+                            unit="image",
+                            disable=not progress,
+                            leave=False,
+                        )
+                    ]
                     entry["detect_seconds"] = round(time.perf_counter() - t0, 3)
                     entry["detected"] = int(sum(len(d.centres) for d in detections))
                     pseudo = [np.asarray(d.pseudo_mask, np.int8) for d in detections]
                     entry["pseudo_fractions"] = _pseudo_fractions(pseudo)
                     if seg.loss == "weighted":
-                        targets = [np.clip(np.asarray(d.response, np.float32), 0, 1)
-                                   for d in detections]
+                        targets = [
+                            np.clip(np.asarray(d.response, np.float32), 0, 1) for d in detections
+                        ]
                     else:
                         targets = pseudo
                     synthetic = None
                     if seg.use_synthetic:
                         synthetic = SyntheticSampler.from_pseudo_masks(
-                            imgs, pseudo, rng=np.random.default_rng(base + 2),
-                            grow=seg.synthetic_grow, scale=seg.synthetic_scale)
+                            imgs,
+                            pseudo,
+                            rng=np.random.default_rng(base + 2),
+                            grow=seg.synthetic_grow,
+                            scale=seg.synthetic_scale,
+                        )
                     entry["synthetic"] = synthetic is not None
                     start = net if (seg.warm_start and net is not None) else None
                     t1 = time.perf_counter()
                     losses: list[float] = []
-                    net = train_unet(imgs, targets, seg, net=start, synthetic=synthetic,
-                                     progress=progress, seed=base, log=losses,
-                                     desc=f"round {r + 1}: train")
+                    net = train_unet(
+                        imgs,
+                        targets,
+                        seg,
+                        net=start,
+                        synthetic=synthetic,
+                        progress=progress,
+                        seed=base,
+                        log=losses,
+                        desc=f"round {r + 1}: train",
+                    )
                     entry["seg_loss"] = _round_summary(losses)
                     entry["seg_losses"] = losses
                     entry["train_seconds"] = round(time.perf_counter() - t1, 3)
                     predict = {"device": seg.device, "tile": seg.tile}
                     if seg.use_self_finetune and seg.self_steps > 0:
-                        probs = [predict_proba(net, im, **predict) for im in tqdm(
-                            imgs, desc=f"round {r + 1}: predict", unit="image",
-                            disable=not progress, leave=False)]
+                        probs = [
+                            predict_proba(net, im, **predict)
+                            for im in tqdm(
+                                imgs,
+                                desc=f"round {r + 1}: predict",
+                                unit="image",
+                                disable=not progress,
+                                leave=False,
+                            )
+                        ]
                         self_t = [self_targets(p, t2=seg.t2, t3=seg.t3) for p in probs]
                         losses = []
                         # eq. (6) ignores the uncertain pixels (no unknown_weight here)
                         self_cfg = dataclasses.replace(seg, lr=seg.lr * seg.self_lr_scale)
-                        net = train_unet(imgs, self_t, self_cfg, net=net, steps=seg.self_steps,
-                                         loss="confidence", progress=progress, seed=base + 1,
-                                         log=losses, desc=f"round {r + 1}: self-finetune",
-                                         unknown_weight=0.0)
+                        net = train_unet(
+                            imgs,
+                            self_t,
+                            self_cfg,
+                            net=net,
+                            steps=seg.self_steps,
+                            loss="confidence",
+                            progress=progress,
+                            seed=base + 1,
+                            log=losses,
+                            desc=f"round {r + 1}: self-finetune",
+                            unknown_weight=0.0,
+                        )
                         entry["self_loss"] = _round_summary(losses)
                         entry["self_losses"] = losses
-                    probs = [predict_proba(net, im, **predict) for im in tqdm(
-                        imgs, desc=f"round {r + 1}: residual", unit="image",
-                        disable=not progress, leave=False)]
+                    probs = [
+                        predict_proba(net, im, **predict)
+                        for im in tqdm(
+                            imgs,
+                            desc=f"round {r + 1}: residual",
+                            unit="image",
+                            disable=not progress,
+                            leave=False,
+                        )
+                    ]
                     new = self._new_templates(probs, detections, imgs, names, templates)
                     if new:
                         templates = templates.add(new)
-                        entry["added"] = [{"image": t.image, "y": t.y, "x": t.x,
-                                           "size": t.size} for t in new]
+                        entry["added"] = [
+                            {"image": t.image, "y": t.y, "x": t.x, "size": t.size} for t in new
+                        ]
                     else:
                         state["done"] = True
                 entry["seconds"] = round(time.perf_counter() - t0, 3)
                 state["history"].append(entry)
                 state["round"] = r + 1
                 if ckpt is not None:
-                    _save_checkpoint(ckpt, state, fingerprint, templates,
-                                     net.state_dict() if net is not None else None)
+                    _save_checkpoint(
+                        ckpt,
+                        state,
+                        fingerprint,
+                        templates,
+                        net.state_dict() if net is not None else None,
+                    )
                 if on_round is not None:
                     on_round(r, entry)
         if detector is None:
@@ -428,8 +498,7 @@ class MCF:
             detector = detector.with_templates(templates)
         if net is not None:
             net.eval()
-        return MCFModel(cfg, templates, detector, net, stain=stain,
-                        history=state["history"])
+        return MCFModel(cfg, templates, detector, net, stain=stain, history=state["history"])
 
     def _new_templates(self, probs, detections, imgs, names, templates) -> list:
         """Residual components turned into templates (at most ``templates_per_round``)."""
@@ -440,8 +509,14 @@ class MCF:
         max_area = math.pi * (max(sizes) / 2.0) ** 2
         found = []
         for i, (p, d) in enumerate(zip(probs, detections, strict=True)):
-            for c in missed_nuclei(p, d.pseudo_mask, d.centres, t4=seg.t4,
-                                   min_area=seg.residual_min_area, max_area=max_area):
+            for c in missed_nuclei(
+                p,
+                d.pseudo_mask,
+                d.centres,
+                t4=seg.t4,
+                min_area=seg.residual_min_area,
+                max_area=max_area,
+            ):
                 found.append((i, c))
         # the best candidate of each image first, then the second best of each, ...
         found.sort(key=lambda ic: -ic[1]["score"])
@@ -459,8 +534,10 @@ class MCF:
             if len(new) >= seg.templates_per_round:
                 break
             # a nucleus that already has a template (the detector still misses it) is skipped
-            if any(n == names[i] and abs(y - c["y"]) <= s // 2 and abs(x - c["x"]) <= s // 2
-                   for n, y, x, s in taken):
+            if any(
+                n == names[i] and abs(y - c["y"]) <= s // 2 and abs(x - c["x"]) <= s // 2
+                for n, y, x, s in taken
+            ):
                 continue
             size = int(np.clip(round(seg.residual_template_scale * c["diameter"]), lo, hi))
             crop = crop_template(imgs[i], c["y"], c["x"], size)
@@ -470,8 +547,9 @@ class MCF:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(folder: Path, state: dict[str, Any], fingerprint: str, templates,
-                     weights: dict | None) -> None:
+def _save_checkpoint(
+    folder: Path, state: dict[str, Any], fingerprint: str, templates, weights: dict | None
+) -> None:
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -481,9 +559,16 @@ def _save_checkpoint(folder: Path, state: dict[str, Any], fingerprint: str, temp
     if wname is not None:
         with atomic_path(folder / wname) as tmp:
             torch.save(weights, tmp)
-    doc = {"format": "mcf_fast.checkpoint", "version": CHECKPOINT_VERSION,
-           "fingerprint": fingerprint, "round": r, "done": state["done"],
-           "history": state["history"], "templates": tname, "weights": wname}
+    doc = {
+        "format": "mcf_fast.checkpoint",
+        "version": CHECKPOINT_VERSION,
+        "fingerprint": fingerprint,
+        "round": r,
+        "done": state["done"],
+        "history": state["history"],
+        "templates": tname,
+        "weights": wname,
+    }
     with atomic_path(folder / "state.json") as tmp:
         tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
     for old in folder.glob("*_r*.*"):
@@ -504,11 +589,15 @@ def _load_checkpoint(folder: Path, fingerprint: str):
     if not isinstance(doc, dict) or doc.get("format") != "mcf_fast.checkpoint":
         raise FormatError(f"{path}: not an mcf_fast checkpoint")
     if doc.get("version") != CHECKPOINT_VERSION:
-        raise FormatError(f"{path}: checkpoint version {doc.get('version')!r} is not supported "
-                          f"(this mcf_fast reads version {CHECKPOINT_VERSION})")
+        raise FormatError(
+            f"{path}: checkpoint version {doc.get('version')!r} is not supported "
+            f"(this mcf_fast reads version {CHECKPOINT_VERSION})"
+        )
     if doc.get("fingerprint") != fingerprint:
-        raise InputError(f"{path}: this checkpoint belongs to a fit with other images, "
-                         "templates or settings; remove it or drop --resume")
+        raise InputError(
+            f"{path}: this checkpoint belongs to a fit with other images, "
+            "templates or settings; remove it or drop --resume"
+        )
     templates = TemplateSet.load(folder / doc["templates"])
     weights = None
     if doc.get("weights"):
@@ -534,8 +623,16 @@ class MCFModel:
         Per round: templates before it, templates added, detections, losses, seconds.
     """
 
-    def __init__(self, config: MCFConfig, templates, detector, net, *, stain=None,
-                 history: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        config: MCFConfig,
+        templates,
+        detector,
+        net,
+        *,
+        stain=None,
+        history: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.config = config
         self.templates = templates
         self.detector = detector
@@ -545,8 +642,10 @@ class MCFModel:
 
     def __repr__(self) -> str:
         rounds = len(self.history)
-        return (f"MCFModel({len(self.templates)} templates, {rounds} round(s), "
-                f"network={'yes' if self.net is not None else 'no'})")
+        return (
+            f"MCFModel({len(self.templates)} templates, {rounds} round(s), "
+            f"network={'yes' if self.net is not None else 'no'})"
+        )
 
     @property
     def device(self) -> str:
@@ -575,22 +674,27 @@ class MCFModel:
         det = self.detector.detect(img)
         centres = np.asarray(det.centres, np.int64).reshape(-1, 2)
         if self.net is not None:
-            prob = predict_proba(self.net, img, device=seg.device, tile=seg.tile,
-                                 flips=seg.tta_flips)
+            prob = predict_proba(
+                self.net, img, device=seg.device, tile=seg.tile, flips=seg.tta_flips
+            )
             fg = prob
         else:
             prob = np.asarray(det.response, np.float32)
             fg = (np.asarray(det.pseudo_mask) == 1).astype(np.float32)
-        labels = instance_labels(fg, centres=centres, threshold=seg.threshold,
-                                 min_area=seg.min_nucleus_area, seeds=seg.instance_seeds,
-                                 h=seg.instance_h)
+        labels = instance_labels(
+            fg,
+            centres=centres,
+            threshold=seg.threshold,
+            min_area=seg.min_nucleus_area,
+            seeds=seg.instance_seeds,
+            h=seg.instance_h,
+        )
         table = nucleus_table(labels, img)
         return Prediction(
             probability=prob.astype(np.float32, copy=False),
             mask=labels > 0,
             labels=labels,
-            centres=np.stack([table["y"], table["x"]], axis=1) if len(table)
-            else np.zeros((0, 2)),
+            centres=np.stack([table["y"], table["x"]], axis=1) if len(table) else np.zeros((0, 2)),
             table=table if len(table) else np.zeros(0, TABLE_DTYPE),
             detected_centres=centres,
         )

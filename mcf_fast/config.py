@@ -122,6 +122,14 @@ class DetectionConfig:
     pseudo_fg_free: float = 0.8
     #: sigma (pixels) of the Gaussian smoothing of the colour posterior; 0 turns it off
     pseudo_smooth: float = 1.0
+    #: gated rule: "tissue" also labels background the non-nuclear tissue (stroma,
+    #: cytoplasm, red cells; see ops/pseudo.tissue_background), "colour" only the pixels
+    #: below pseudo_bg (mostly white space)
+    pseudo_background: str = "tissue"
+    #: share of the nucleus colour samples allowed below the tissue-background threshold
+    pseudo_bg_quantile: float = 0.05
+    #: gated rule: fill the holes of each nucleus label (pale vesicular interiors)
+    pseudo_fill_holes: bool = True
 
     def __post_init__(self) -> None:
         c = "DetectionConfig"
@@ -192,7 +200,35 @@ class DetectionConfig:
         _unit(c, "pseudo_bg", self.pseudo_bg)
         _unit(c, "pseudo_fg_free", self.pseudo_fg_free)
         _check(
+            self.pseudo_background in ("colour", "tissue"),
+            c,
+            "pseudo_background",
+            self.pseudo_background,
+            "'colour' or 'tissue'",
+        )
+        _check(
+            0 < self.pseudo_bg_quantile < 1,
+            c,
+            "pseudo_bg_quantile",
+            self.pseudo_bg_quantile,
+            "a number in (0, 1)",
+        )
+        _check(
             self.pseudo_smooth >= 0, c, "pseudo_smooth", self.pseudo_smooth, "a non-negative number"
+        )
+        _check(
+            self.pseudo_background in ("colour", "tissue"),
+            c,
+            "pseudo_background",
+            self.pseudo_background,
+            "'colour' or 'tissue'",
+        )
+        _check(
+            0 < self.pseudo_bg_quantile < 1,
+            c,
+            "pseudo_bg_quantile",
+            self.pseudo_bg_quantile,
+            "a number in (0, 1)",
         )
 
 
@@ -249,6 +285,9 @@ class SegmentationConfig:
     tta_flips: bool = False
     #: colour augmentation of training crops: per-channel gain in 1 +- a, offset +- 64 a (ours)
     augment_colour: float = 0.0
+    #: stain augmentation of training crops: the hematoxylin and eosin concentrations
+    #: (colour deconvolution) scaled by 1 +- a and shifted by +- a / 4 each, per crop (ours)
+    augment_stain: float = 0.0
     #: weight of unknown pixels, counted as background, in the confidence loss (ours; 0 is
     #: eq. (5), 1 the "CE" ablation)
     unknown_weight: float = 0.0
@@ -286,7 +325,13 @@ class SegmentationConfig:
             self.device,
             "'cpu' or 'cuda[:N]'",
         )
-        for name in ("synthetic_fraction", "threshold", "augment_colour", "unknown_weight"):
+        for name in (
+            "synthetic_fraction",
+            "threshold",
+            "augment_colour",
+            "augment_stain",
+            "unknown_weight",
+        ):
             _unit(c, name, getattr(self, name))
         _check(
             self.synthetic_grow >= 0,

@@ -55,6 +55,7 @@ PRESETS: dict[str, MCFConfig] = {
             max_rounds=2,
             unknown_weight=0.1,
             augment_colour=0.1,
+            augment_stain=0.2,
             threshold=0.3,
         ),
     ),

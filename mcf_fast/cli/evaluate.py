@@ -99,6 +99,26 @@ def _command_line(ctx: click.Context) -> str:
     is_flag=True,
     help="Continue interrupted MCF fits from their checkpoints in OUT/checkpoints.",
 )
+@click.option(
+    "--seeds",
+    default="0,1,2",
+    show_default=True,
+    metavar="S1,S2,...",
+    help="Template seeds of the multi-dataset protocol (DATA holding several datasets).",
+)
+@click.option(
+    "--datasets",
+    default="",
+    metavar="NAME1,NAME2",
+    help="Multi-dataset protocol: fit only these datasets (all are used for transfer).",
+)
+@click.option(
+    "--reference",
+    default="monuseg",
+    show_default=True,
+    help="Multi-dataset protocol: the dataset whose train split tunes the reference watershed.",
+)
+@click.option("--no-transfer", is_flag=True, help="Multi-dataset protocol: skip transfer rows.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 def evaluate(
     data: str,
@@ -114,6 +134,10 @@ def evaluate(
     device: str,
     limit: int | None,
     resume: bool,
+    seeds: str,
+    datasets: str,
+    reference: str,
+    no_transfer: bool,
     no_progress: bool,
 ) -> None:
     """Fit on ROOT/train (templates from its masks, images without them), score ROOT/test.
@@ -123,10 +147,43 @@ def evaluate(
     of each method under OUT/<method>/, which
     `mcf score --data ROOT/test --pred OUT/<method>` re-scores.
     The watershed baseline's parameters are tuned on the train masks only.
+
+    When DATA holds several datasets instead (folders with train/ and test/, or images/
+    and masks/), the multi-dataset protocol runs: every dataset, every seed of --seeds,
+    MCF beside a watershed tuned on the --reference dataset and one set from the templates
+    alone, pseudo-label quality, and transfer between datasets; OUT/protocol.md holds the
+    table (see mcf_fast.pipeline.protocol).  Finished (dataset, seed) runs are kept.
     """
-    from mcf_fast.pipeline.evaluate import run_evaluation
+    from pathlib import Path
+
+    from mcf_fast.pipeline.evaluate import _parse_list, run_evaluation
 
     command = _command_line(click.get_current_context())
+    if not (Path(data) / "train").is_dir():
+        from mcf_fast.pipeline.protocol import run_protocol
+
+        doc = run_protocol(
+            data,
+            out=out,
+            seeds=_parse_list(seeds, name="--seeds", kind=int),
+            n_templates=n_templates,
+            preset=preset,
+            datasets=_parse_list(datasets, name="--datasets") or None,
+            reference=reference,
+            transfer=not no_transfer,
+            device=device,
+            progress=not no_progress,
+            command=command,
+        )
+        for name, d in doc["datasets"].items():
+            for seed, r in sorted(d["seeds"].items()):
+                a = r["mcf"]
+                click.echo(
+                    f"{name:10s} seed {seed}: MCF Dice {a['Dice']:.4f}  AJI {a['AJI']:.4f}  "
+                    f"F1@12 {a['F1@12']:.4f}"
+                )
+        click.echo(f"results: {out}/protocol.md")
+        return
     report = run_evaluation(
         data,
         out=out,

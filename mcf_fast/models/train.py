@@ -42,6 +42,7 @@ __all__ = [
     "build_unet",
     "deterministic",
     "dihedral",
+    "jitter_stain",
     "predict_proba",
     "segmentation_loss",
     "self_targets",
@@ -327,6 +328,47 @@ def _jitter_colour(batch: np.ndarray, amount: float, rng: np.random.Generator) -
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+#: optical-density vectors of hematoxylin, eosin and the residual (rows; Ruifrok and
+#: Johnston's H&E values, as used by scikit-image's rgb2hed), unit length
+_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
+_HED = (_HED / np.linalg.norm(_HED, axis=1, keepdims=True)).astype(np.float32)
+_HED_INV = np.linalg.inv(_HED).astype(np.float32)
+
+
+def jitter_stain(batch: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    """Random stain variation of a batch in hematoxylin / eosin space.
+
+    Each crop's optical density is unmixed into hematoxylin, eosin and residual
+    concentrations; the hematoxylin and eosin ones are scaled by a factor drawn from
+    ``1 +- amount`` and shifted by up to ``+- amount / 4`` (per crop, per stain), then
+    mixed back.  A lab whose hematoxylin is paler or whose eosin is stronger then looks
+    like one the network has seen.
+
+    Parameters
+    ----------
+    batch : ndarray, shape (B, H, W, 3), uint8
+    amount : float
+        In [0, 1]; 0 returns the batch unchanged.
+    rng : numpy Generator
+
+    Returns
+    -------
+    ndarray, shape (B, H, W, 3), uint8
+    """
+    if amount <= 0:
+        return batch
+    n = batch.shape[0]
+    od = -np.log((batch.astype(np.float32) + 1.0) / 256.0)
+    conc = od @ _HED_INV
+    scale = np.ones((n, 1, 1, 3), np.float32)
+    shift = np.zeros((n, 1, 1, 3), np.float32)
+    scale[..., :2] = rng.uniform(1 - amount, 1 + amount, (n, 1, 1, 2))
+    shift[..., :2] = rng.uniform(-amount / 4, amount / 4, (n, 1, 1, 2))
+    conc = conc * scale + shift
+    rgb = 256.0 * np.exp(-(conc @ _HED)) - 1.0
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
 def train_unet(
     images: Sequence[np.ndarray],
     targets: Sequence[np.ndarray],
@@ -426,6 +468,8 @@ def train_unet(
         for b in range(n_real, config.batch_size):
             xb[b], t = synthetic.sample(rng, size)
             yb[b] = t
+        if config.augment_stain > 0:
+            xb = jitter_stain(xb, config.augment_stain, rng)
         if config.augment_colour > 0:
             xb = _jitter_colour(xb, config.augment_colour, rng)
         x = _to_tensor(xb).to(device)

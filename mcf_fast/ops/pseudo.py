@@ -21,6 +21,12 @@ The pseudo mask labels each pixel -1 (unknown), 0 (background) or 1 (nucleus).  
     nuclei the detector missed); the rest is unknown.  An undetected nucleus keeps its
     colour, so it is left unknown rather than called background.  Being conservative on
     both sides is the point: the U-Net learns only from confident pixels.
+
+    With ``background="tissue"`` (the default of :class:`~mcf_fast.config.DetectionConfig`)
+    the background labels also include the tissue that is not nucleus: stroma, collagen,
+    cytoplasm and red cells (:func:`tissue_background`), not only white space, so that the
+    network learns "nucleus" rather than "dark"; with ``fill_holes`` the nucleus label of
+    a centre also covers the pale interior its dark rim encloses (vesicular nuclei).
 """
 
 from __future__ import annotations
@@ -29,8 +35,16 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from mcf_fast.errors import InputError
+from mcf_fast.ops.tissue import WHITE_OD
 
-__all__ = ["find_centres", "pseudo_mask", "nucleus_posterior", "colour_posterior", "gate_centres"]
+__all__ = [
+    "colour_posterior",
+    "find_centres",
+    "gate_centres",
+    "nucleus_posterior",
+    "pseudo_mask",
+    "tissue_background",
+]
 
 
 def _check_map(a: np.ndarray, name: str) -> np.ndarray:
@@ -154,6 +168,111 @@ def nucleus_posterior(
     return post.reshape(image.shape[:2]).astype(np.float32)
 
 
+def _gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    mu = x.mean(0)
+    cov = np.cov(x.T) + 1e-4 * np.eye(x.shape[1])
+    return mu, np.linalg.inv(cov), float(np.log(np.linalg.det(cov)))
+
+
+def _log_likelihood(x: np.ndarray, model: tuple[np.ndarray, np.ndarray, float]) -> np.ndarray:
+    mu, inv, logdet = model
+    d = x - mu
+    return -0.5 * np.einsum("ij,jk,ik->i", d, inv, d) - 0.5 * logdet
+
+
+def tissue_background(
+    image: np.ndarray,
+    nucleus: np.ndarray,
+    candidates: np.ndarray,
+    *,
+    quantile: float = 0.05,
+    white_od: float = WHITE_OD,
+    smooth: float = 1.0,
+    iterations: int = 2,
+) -> np.ndarray | None:
+    """Confident background that includes tissue: white space and non-nuclear tissue.
+
+    Two Gaussian colour models in optical density (``-log((RGB + 1) / 256)``, smoothed by
+    ``smooth`` pixels) are fitted: the nucleus model on the ``nucleus`` sample pixels, the
+    tissue model on the ``candidates`` that are not white space (total optical density at
+    least ``white_od``).  The tissue sample still holds the nuclei the detector missed, so
+    the tissue model is refitted ``iterations`` times on the candidates it explains better
+    than the nucleus model does.  A pixel is confident background when it is white space,
+    or when its log-likelihood ratio (nucleus over tissue) is below the ``quantile`` of
+    that ratio over the nucleus samples: it looks less like a nucleus than all but that
+    share of the known nucleus pixels.  The threshold is thus set per image by its own
+    nuclei, whatever the stain.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W, 3), uint8
+    nucleus : ndarray, shape (H, W), bool
+        Pixels known to be nucleus (e.g. at the strongest detected centres).
+    candidates : ndarray, shape (H, W), bool
+        Pixels that may be background (e.g. far from every detected centre).
+    quantile : float
+        Share of nucleus samples allowed below the threshold, in (0, 1).
+    white_od : float
+        Total optical density below which a pixel is white space (glass, lumen, fat).
+    smooth : float
+        Gaussian sigma in pixels applied to the optical density (0: none).
+    iterations : int
+        Refits of the tissue model.
+
+    Returns
+    -------
+    ndarray, shape (H, W), bool, or None when either sample has fewer than 10 pixels.
+
+    Examples
+    --------
+    >>> img = np.full((40, 40, 3), 230, np.uint8); img[:, 20:] = (220, 120, 180)
+    >>> img[8:14, 8:14] = img[26:32, 26:32] = (70, 40, 120)
+    >>> nuc = np.zeros((40, 40), bool); nuc[9:13, 9:13] = True
+    >>> bg = tissue_background(img, nuc, ~nuc, smooth=0)
+    >>> bool(bg[2, 2]), bool(bg[5, 35]), bool(bg[28, 28])   # white, pink, missed nucleus
+    (True, True, False)
+    """
+    if not 0 < quantile < 1:
+        raise InputError(f"quantile = {quantile!r}: expected a number in (0, 1)")
+    img = np.asarray(image)
+    h, w = img.shape[:2]
+    od = -np.log((img.astype(np.float32) + 1.0) / 256.0)
+    if smooth > 0:
+        od = np.stack([ndi.gaussian_filter(od[..., k], smooth) for k in range(3)], axis=-1)
+    od = od.reshape(-1, 3).astype(np.float64)
+    white = od.sum(1) < white_od
+    nuc = np.asarray(nucleus, bool).reshape(-1) & ~white
+    tissue = np.asarray(candidates, bool).reshape(-1) & ~white & ~nuc
+    if nuc.sum() < 10 or tissue.sum() < 10:
+        return None
+    m_nuc = _gaussian(od[nuc])
+    m_tis = _gaussian(od[tissue])
+    l_nuc = _log_likelihood(od, m_nuc)
+    for _ in range(max(0, int(iterations))):
+        llr = l_nuc - _log_likelihood(od, m_tis)
+        purer = tissue & (llr < np.quantile(llr[nuc], quantile))
+        if purer.sum() < 10:
+            break
+        m_tis = _gaussian(od[purer])
+    llr = l_nuc - _log_likelihood(od, m_tis)
+    out = white | (llr < np.quantile(llr[nuc], quantile))
+    return out.reshape(h, w)
+
+
+def _fill_small_holes(mask: np.ndarray, *, max_area: float) -> np.ndarray:
+    """``mask`` with its holes (background components not touching the border) of at most
+    ``max_area`` pixels filled."""
+    holes, n = ndi.label(~mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(holes.ravel())
+    small = sizes <= max_area
+    small[0] = False
+    border = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
+    small[border] = False
+    return mask | small[holes]
+
+
 def _centre_distance(shape: tuple[int, int], centres: np.ndarray) -> np.ndarray:
     marks = np.ones(shape, dtype=bool)
     marks[centres[:, 0], centres[:, 1]] = False
@@ -219,6 +338,9 @@ def pseudo_mask(
     bg_posterior: float = 0.1,
     free_posterior: float = 1.0,
     posterior: np.ndarray | None = None,
+    background: str = "colour",
+    bg_quantile: float = 0.05,
+    fill_holes: bool = False,
 ) -> np.ndarray:
     """The pseudo mask {-1 unknown, 0 background, 1 nucleus} (module docstring).
 
@@ -247,6 +369,16 @@ def pseudo_mask(
         pieces of at least 30 pixels (1 turns this off).
     posterior : ndarray, shape (H, W), optional
         A colour posterior already computed by :func:`colour_posterior` for these centres.
+    background : {"colour", "tissue"}
+        Gated rule: "colour" labels background only where the colour posterior is below
+        ``bg_posterior`` (in practice mostly white space); "tissue" adds the pixels that
+        :func:`tissue_background` finds (stroma, cytoplasm, red cells), outside the discs.
+    bg_quantile : float
+        The ``quantile`` of :func:`tissue_background`.
+    fill_holes : bool
+        Gated rule: fill the holes of the nucleus-coloured map before labelling, up to
+        ``window ** 2 / 4`` pixels (the pale interior of a vesicular nucleus enclosed by its
+        dark rim), so that a centre on such an interior labels the whole nucleus.
 
     Returns
     -------
@@ -262,6 +394,8 @@ def pseudo_mask(
     h, w = s.shape
     if rule not in ("paper", "gated"):
         raise InputError(f"rule = {rule!r}: expected 'paper' or 'gated'")
+    if background not in ("colour", "tissue"):
+        raise InputError(f"background = {background!r}: expected 'colour' or 'tissue'")
     if window < 1:
         raise InputError(f"window = {window!r}: expected a positive integer")
     out = np.full((h, w), -1, dtype=np.int8)
@@ -294,17 +428,36 @@ def pseudo_mask(
     if post is None:  # nothing to learn colours from: fall back to the paper's rule
         return pseudo_mask(image, s, c, window=window, rule="paper", t1=t1, ratio=ratio)
     disc = dist <= r
-    fg = disc & (post > fg_posterior)
+    dark = post > fg_posterior
+    if fill_holes:  # a pale interior enclosed by a dark rim, up to a nucleus in size
+        dark = _fill_small_holes(dark, max_area=window * window / 4.0)
+    fg = disc & dark
     lab, _ = ndi.label(fg)
     ids = np.unique(lab[c[:, 0], c[:, 1]])
     fg = np.isin(lab, ids[ids > 0])
     if free_posterior < 1.0:
-        free, n_free = ndi.label(post > free_posterior)
+        free_map = post > free_posterior
+        if fill_holes:
+            free_map = _fill_small_holes(free_map, max_area=window * window / 4.0)
+        free, n_free = ndi.label(free_map)
         if n_free:
             sizes = np.bincount(free.ravel())
             big = sizes >= 30
             big[0] = False
             fg |= big[free]
-    out[(post < bg_posterior) & ~disc & ~fg] = 0
+    bg = post < bg_posterior
+    if background == "tissue":
+        strong = c
+        if scores is not None and len(scores) == len(c):
+            strong = c[np.asarray(scores) >= np.median(scores)]
+        seeds = np.zeros((h, w), dtype=bool)
+        seeds[strong[:, 0], strong[:, 1]] = True
+        seeds = ndi.binary_dilation(seeds, structure=np.ones((3, 3), bool))
+        tissue = tissue_background(img, seeds, dist > 2.0 * r, quantile=bg_quantile)
+        if tissue is not None:
+            # the rim of anything nucleus-coloured is ambiguous: two pixels stay unknown
+            rim = ndi.binary_dilation(dark | fg, structure=np.ones((3, 3), bool), iterations=2)
+            bg |= tissue & ~rim
+    out[bg & ~disc & ~fg] = 0
     out[fg] = 1
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ __all__ = [
     "watershed_nuclei",
     "tune_watershed",
     "TuningResult",
+    "watershed_params_from_templates",
 ]
 
 
@@ -432,3 +434,42 @@ def tune_watershed(
         bar.total = bar.n
         bar.refresh()
     return TuningResult(params=best, score=best_score, history=history)
+
+
+def watershed_params_from_templates(templates) -> WatershedParams:
+    """Watershed parameters set from a template set alone (no masks, no tuning).
+
+    What a user gets from the same clicks without any learning: the nucleus size comes
+    from the templates (a template's side is about twice its nucleus's diameter, see
+    :func:`mcf_fast.io.templates.select_templates`), the threshold stays Otsu's.
+
+    - ``min_size``: a quarter of the area of the smallest template nucleus (at least 10);
+    - ``min_distance``: 0.4 of the median nucleus diameter (at least 3);
+    - ``seed_smoothing``: a tenth of the median diameter;
+    - ``sigma`` 1 and ``threshold_offset`` 0, the defaults.
+
+    Parameters
+    ----------
+    templates : TemplateSet or sequence of Template
+
+    Returns
+    -------
+    WatershedParams
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as T
+    >>> watershed_params_from_templates([T(size=32), T(size=40)]).min_distance
+    7
+    """
+    sizes = np.array([float(t.size) for t in templates], dtype=np.float64)
+    if sizes.size == 0:
+        raise ConfigError("watershed_params_from_templates: the template set is empty")
+    d_min, d_med = sizes.min() / 2.0, float(np.median(sizes)) / 2.0
+    return WatershedParams(
+        sigma=1.0,
+        threshold_offset=0.0,
+        min_size=max(10, int(round(math.pi * (d_min / 2.0) ** 2 / 4.0))),
+        min_distance=max(3, int(round(0.4 * d_med))),
+        seed_smoothing=round(d_med / 10.0, 2),
+    )

@@ -124,6 +124,9 @@ def postprocess(
         bg_posterior=cfg.pseudo_bg,
         free_posterior=cfg.pseudo_fg_free,
         posterior=post,
+        background=cfg.pseudo_background,
+        bg_quantile=cfg.pseudo_bg_quantile,
+        fill_holes=cfg.pseudo_fill_holes,
     )
     return centres, scores, mask
 

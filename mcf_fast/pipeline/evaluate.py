@@ -344,8 +344,9 @@ def _score_and_write(
 ) -> dict[str, Any]:
     """Predict every test image, write it under OUT/folder, score against the test masks.
 
-    `detected`, when given, returns the detector's own centres of the image just predicted;
-    they are scored separately as ``detector_centres`` (P/R/F1 at 6 and 12 px).
+    `detected`, when given, returns the detector's own centres of the image just predicted
+    (None when the detector did not run); they are scored separately as
+    ``detector_centres`` (P/R/F1 at 6 and 12 px).
     """
     from tqdm.auto import tqdm
 
@@ -355,6 +356,7 @@ def _score_and_write(
     pred_dir.mkdir(parents=True, exist_ok=True)
     items = []
     det_counts = {r: [0, 0, 0] for r in _RADII}
+    seen = False
     for i, name in enumerate(
         tqdm(ctx.test.names, desc=desc, unit="image", disable=not ctx.progress, leave=False)
     ):
@@ -362,16 +364,18 @@ def _score_and_write(
         _write_prediction(pred_dir, name, labels, centres)
         gt = ctx.test.mask(name)
         items.append((name, labels, gt, centres))
-        if detected is not None:
+        found = detected() if detected is not None else None
+        if found is not None:
+            seen = True
             gt_c = instance_centres(gt)
             for r in _RADII:
-                tp, fp, fn = match_centres(detected(), gt_c, r)
+                tp, fp, fn = match_centres(found, gt_c, r)
                 det_counts[r][0] += tp
                 det_counts[r][1] += fp
                 det_counts[r][2] += fn
     result = score_arrays(items)
     out = {"pred_dir": folder, **_strip_counts(result)}
-    if detected is not None:
+    if seen:
         out["detector_centres"] = _prf(det_counts)
     return out
 
@@ -433,7 +437,8 @@ def _run_mcf(
 
     def predict(i: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         pred = model.predict(image)
-        last[:] = [np.asarray(pred.detected_centres, dtype=np.float64).reshape(-1, 2)]
+        dc = np.asarray(pred.detected_centres, dtype=np.float64).reshape(-1, 2)
+        last[:] = [dc if len(dc) else None]  # empty: the labels did not need the detector
         return pred.labels, np.asarray(pred.centres, dtype=np.float64).reshape(-1, 2)
 
     res = _score_and_write(

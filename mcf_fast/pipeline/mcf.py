@@ -81,7 +81,8 @@ class Prediction:
     table : structured ndarray of :data:`~mcf_fast.pipeline.instances.TABLE_DTYPE`, (M,)
         label, y, x, area and mean grey intensity of each nucleus.
     detected_centres : ndarray, shape (N, 2), int64
-        The detector's centres (y, x), before segmentation.
+        The detector's centres (y, x), before segmentation; empty when the detector did
+        not run (see ``MCFModel.predict(detect=...)``).
     """
 
     probability: np.ndarray
@@ -301,6 +302,7 @@ class MCF:
         resume: bool = False,
         progress: bool = True,
         on_round: Callable[[int, dict[str, Any]], None] | None = None,
+        on_pseudo: Callable[[int, list[str], list[np.ndarray]], None] | None = None,
     ) -> MCFModel:
         """Run the rounds of detection, training and residual templates.
 
@@ -323,6 +325,9 @@ class MCF:
             tqdm bars on stderr.
         on_round : callable, optional
             Called as ``on_round(round_index, history_entry)`` after each round's checkpoint.
+        on_pseudo : callable, optional
+            Called as ``on_pseudo(round_index, names, pseudo_masks)`` once the round's pseudo
+            masks exist (e.g. to score them against masks the fit never sees).
 
         Returns
         -------
@@ -397,6 +402,8 @@ class MCF:
                     entry["detected"] = int(sum(len(d.centres) for d in detections))
                     pseudo = [np.asarray(d.pseudo_mask, np.int8) for d in detections]
                     entry["pseudo_fractions"] = _pseudo_fractions(pseudo)
+                    if on_pseudo is not None:
+                        on_pseudo(r, list(names), pseudo)
                     if seg.loss == "weighted":
                         targets = [
                             np.clip(np.asarray(d.response, np.float32), 0, 1) for d in detections
@@ -651,12 +658,18 @@ class MCFModel:
     def device(self) -> str:
         return self.config.segmentation.device
 
-    def predict(self, image: np.ndarray | str | os.PathLike) -> Prediction:
+    def predict(
+        self, image: np.ndarray | str | os.PathLike, *, detect: bool | None = None
+    ) -> Prediction:
         """Segment one image.
 
         Parameters
         ----------
         image : ndarray (H, W, 3) or path
+        detect : bool, optional
+            Run the detector too, to fill ``Prediction.detected_centres``.  By default
+            it runs only when the labels need it: without a network, or with
+            ``instance_seeds="centres"``; otherwise ``detected_centres`` is empty.
 
         Returns
         -------
@@ -671,8 +684,13 @@ class MCFModel:
             img = as_rgb_uint8(image)
         if self.stain is not None:
             img = as_rgb_uint8(self.stain.transform(img))
-        det = self.detector.detect(img)
-        centres = np.asarray(det.centres, np.int64).reshape(-1, 2)
+        needed = self.net is None or seg.instance_seeds == "centres"
+        det = self.detector.detect(img) if (needed or detect) else None
+        centres = (
+            np.asarray(det.centres, np.int64).reshape(-1, 2)
+            if det is not None
+            else np.zeros((0, 2), np.int64)
+        )
         if self.net is not None:
             prob = predict_proba(
                 self.net, img, device=seg.device, tile=seg.tile, flips=seg.tta_flips

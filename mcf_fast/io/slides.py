@@ -451,7 +451,9 @@ def open_slide(
     if suffix in IMAGE_SUFFIXES:
         if level != 0:
             raise InputError(f"level: {path} is a plain image with only level 0, got {level}")
-        return ArrayReader(read_image(path), mpp=mpp, name=path.name)
+        reader = ArrayReader(read_image(path), mpp=mpp, name=path.name)
+        reader.path = path.absolute()  # the file a resumed run checks it still reads
+        return reader
     raise FormatError(
         f"{path}: unknown image or slide type {suffix!r} (expected one of "
         f"{', '.join(SLIDE_SUFFIXES + IMAGE_SUFFIXES)} or a .zarr folder)"

@@ -1086,6 +1086,7 @@ def run_slide(
         If `out` holds a run made with other parameters.
     """
     t_start = time.perf_counter()
+    out_dir = check_output_dir(out)  # before any model is loaded or tile read
     reader = open_slide(slide, level=level, mpp=mpp)
     if isinstance(predictor, (str, os.PathLike)):
         predictor = PredictorSpec(str(predictor))
@@ -1106,7 +1107,6 @@ def run_slide(
         )
     tiles = tile_grid(reader.shape, tile=tile, margin=m)
 
-    out_dir = check_output_dir(out)
     with lock_folder(out_dir):  # a second run into the same folder is refused
         return _run_logged(
             reader,

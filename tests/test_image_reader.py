@@ -168,3 +168,20 @@ def test_fuzz_random_bytes(tmp_path, raw, suffix):
     path = tmp_path / f"random{suffix}"
     path.write_bytes(raw)
     _check(path)
+
+
+def test_zarr_with_huge_chunks_is_refused(tmp_path, monkeypatch):
+    import zarr
+
+    from mcf_fast.io.slides import open_slide
+
+    path = tmp_path / "s.zarr"
+    arr = zarr.open_array(
+        str(path), mode="w", shape=(600, 500, 3), chunks=(600, 500, 3), dtype="u1"
+    )
+    arr[:] = 200
+    monkeypatch.setenv(MAX_PIXELS_ENV, "100000")
+    with pytest.raises(InputError, match=r"s\.zarr: zarr chunks of 500 x 600 pixels are above"):
+        open_slide(path)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1000000")
+    assert open_slide(path).shape == (600, 500)

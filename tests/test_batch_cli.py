@@ -231,3 +231,46 @@ def test_labels_of_an_earlier_run_do_not_linger(job, tmp_path):
         folder.write_set("a", src, lambda d: [write_image(d / "a.png", np.zeros((2, 2), "u2"))])
         assert folder.is_done("a", src)
     assert (out / "a.png").is_file() and not (out / "a.tif").exists()
+
+
+def _score_args(tmp_path, out):
+    from tests.test_score_cli import make_data
+
+    data, _ = make_data(tmp_path, n=1)
+    return ["score", "--data", str(data), "--pred", str(data / "masks"), "--out", str(out)]
+
+
+@pytest.mark.parametrize("command", ["score", "templates", "slide"])
+def test_every_writing_command_reports_a_full_disk_in_one_line(
+    job, tmp_path, capsys, monkeypatch, command
+):
+    d, img = job
+    write_image(tmp_path / "a.png", img)
+    score = _score_args(tmp_path, tmp_path / "r.json") + ["--quiet"]  # makes tmp_path/data
+    args = {
+        "score": score,
+        "templates": ["templates", "select", "--data", str(tmp_path / "data"), "--n", "2"]
+        + ["--out", str(tmp_path / "t.json")],
+        "slide": ["slide", str(tmp_path / "a.png"), "--model", "blob", "--out"]
+        + [str(tmp_path / "s"), "--workers", "0", "--quiet"],
+    }[command]
+    real = os.replace
+
+    def full(src, dst, *a, **k):
+        if str(tmp_path) in str(dst):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", full)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device (the disk is full)" in err and "Traceback" not in err
+
+
+def test_score_out_below_a_file_is_refused_before_scoring(tmp_path, capsys, monkeypatch):
+    import mcf_fast.metrics as metrics_mod
+
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setattr(metrics_mod, "score_folder", lambda *a, **k: pytest.fail("scored"))
+    assert main(_score_args(tmp_path, tmp_path / "f" / "r.json")) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -148,7 +148,7 @@ def test_disk_full_is_one_line_and_leaves_no_partial_set(job, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert "No space left on device (the disk is full)" in err and "Traceback" not in err
     assert sorted(p.name for p in out.iterdir()) == [".mcf"]  # nothing of the set
-    assert sorted(p.name for p in (out / ".mcf").iterdir()) == ["lock"]
+    assert [p.name for p in (out / ".mcf").rglob("*") if p.is_file()] == ["lock"]
 
 
 def test_interrupted_set_is_absent_and_resume_finishes(job, tmp_path, capsys, monkeypatch):
@@ -168,6 +168,7 @@ def test_interrupted_set_is_absent_and_resume_finishes(job, tmp_path, capsys, mo
     monkeypatch.setattr(images_mod, "write_image", interrupt)
     out = tmp_path / "out"
     assert _detect(job, folder, "--out", out) == 130
+    assert list((out / ".mcf" / "staging").iterdir()) == []  # the half-written set is gone
     assert sorted(p.name for p in out.iterdir() if p.name != ".mcf") == sorted(
         f"a{s}" for s in DETECT_FILES
     )

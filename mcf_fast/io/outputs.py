@@ -8,13 +8,15 @@ A command that writes per-image outputs (``mcf detect``, ``mcf predict``) opens 
   :class:`~mcf_fast.errors.InputError` naming the path;
 - it is locked (``.mcf/lock``, an advisory ``flock``), so a second run into the same
   folder is refused while the first one runs, instead of mixing both runs' files;
-- each image's files are written into a hidden staging folder inside it and renamed to
-  their final names only when all of them are complete (:meth:`OutputFolder.write_set`),
-  then a small record ``.mcf/<name>.json`` notes which files the set holds, for which input
-  file (size and modification time) and which run settings.  :meth:`OutputFolder.is_done`
-  reads it back, so a rerun with ``--resume`` skips the images whose set is finished.
+- each image's files are written into a staging folder inside it (``.mcf/staging/``) and
+  renamed to their final names only when all of them are complete
+  (:meth:`OutputFolder.write_set`); then a small record ``.mcf/<name>.json`` notes
+  which files the set holds, for which input file (size and modification time) and which
+  run settings.  :meth:`OutputFolder.is_done` reads it back, so a rerun with
+  ``--resume`` skips the images whose set is finished.
 
-Staging folders left by an interrupted run are removed when the folder is next opened.
+Staging folders left by an interrupted run are removed when the folder is next opened
+(under the lock, so no run is writing them).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ __all__ = [
 #: the hidden folder that holds a run's lock and its records of finished sets
 STATE_DIR = ".mcf"
 LOCK_NAME = f"{STATE_DIR}/lock"
-_STAGING_SUFFIX = ".partial"
+_STAGING = f"{STATE_DIR}/staging"
 
 
 def _first_existing(path: Path) -> Path:
@@ -180,9 +182,8 @@ class OutputFolder:
         check_output_dir(self.path, option=self.option)
         self._lock = lock_folder(self.path, option=self.option)
         self._lock.__enter__()
-        for stale in self.path.glob(f".*{_STAGING_SUFFIX}"):
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
+        # sets an interrupted run left half-written; no other run can be writing them now
+        shutil.rmtree(self.path / _STAGING, ignore_errors=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -230,7 +231,8 @@ class OutputFolder:
         except (OSError, ValueError, KeyError, TypeError):
             before = []
         self._record(name).unlink(missing_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=_STAGING_SUFFIX, dir=self.path))
+        (self.path / _STAGING).mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=self.path / _STAGING))
         try:
             written = write(staging)
             final = []

@@ -122,7 +122,8 @@ def run_batch(
 def raise_failures(failed: list[str], n: int) -> None:
     """Exit with an error listing every failed file, if any failed."""
     if failed:
+        others = " (the others were)" if len(failed) < n else ""
         raise BatchError(
-            f"{len(failed)} of {n} image(s) could not be processed (the others were):\n  "
+            f"{len(failed)} of {n} image(s) could not be processed{others}:\n  "
             + "\n  ".join(failed)
         )

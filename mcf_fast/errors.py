@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "FormatError",
     "DataError",
+    "describe",
 ]
 
 
@@ -35,3 +36,20 @@ class FormatError(InputError):
 
 class DataError(InputError):
     """A dataset folder is missing files, or its images and masks do not pair up."""
+
+
+#: words of numpy's and torch's advice to load a file unsafely, which must not reach a user
+_UNSAFE_ADVICE = ("allow_pickle", "weights_only", "pickle.load")
+
+
+def describe(exc: BaseException) -> str:
+    """``"Type: message"`` of a reader's exception, for the reason part of an error.
+
+    A message that advises loading the file unsafely (numpy's ``allow_pickle``, torch's
+    ``weights_only=False``: both would run code from an untrusted file) is replaced by a
+    plain statement that the file holds objects mcf_fast does not load.
+    """
+    msg = str(exc)
+    if any(word in msg for word in _UNSAFE_ADVICE):
+        msg = "it holds pickled objects or other data that mcf_fast never loads"
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__

@@ -491,11 +491,14 @@ def score_arrays(
 
 
 def _find_prediction(pred_dir: Path, name: str) -> Path | None:
-    for suf in MASK_SUFFIXES:
-        p = pred_dir / f"{name}{suf}"
-        if p.is_file():
-            return p
-    return None
+    found = [pred_dir / f"{name}{suf}" for suf in MASK_SUFFIXES]
+    found = [p for p in found if p.is_file()]
+    if len(found) > 1:
+        raise DataError(
+            f"{pred_dir}: {len(found)} label images for {name!r} "
+            f"({', '.join(p.name for p in found)}); keep only the one to score"
+        )
+    return found[0] if found else None
 
 
 def score_folder(
@@ -512,20 +515,25 @@ def score_folder(
     optional ``pred_dir/<name>.csv`` (columns ``y,x``) gives the predicted centres for the
     detection metrics.  Files in ``pred_dir`` that match no image are ignored.
 
-    A missing prediction is scored as empty (no nuclei), with a :class:`UserWarning` naming
-    the file that was expected.
+    A missing label image is scored as empty for the segmentation metrics (no nuclei), with
+    a :class:`UserWarning` naming the file that was expected and saying where the centres
+    come from: the CSV when there is one (the detection metrics are then the CSV's), else
+    none.  Without a CSV the centres are the label image's centroids.
 
     Returns
     -------
     dict
-        As :func:`score_arrays`, plus ``"data"`` and ``"pred"`` (the folders) and
-        ``"missing"`` (names scored as empty).
+        As :func:`score_arrays`, plus ``"data"`` and ``"pred"`` (the folders),
+        ``"missing"`` (names without a label image, segmentation scored as empty) and
+        ``"sources"``: per image, ``{"labels": file or None, "centres": file, "labels"
+        (the label image's centroids) or None}``.
 
     Raises
     ------
     DataError
-        If ``pred_dir`` is not a folder, holds no prediction for any image, or a prediction's
-        size differs from its mask's.
+        If ``pred_dir`` is not a folder, holds no prediction for any image, holds two label
+        images for one name (``x.png`` and ``x.tif``), or a prediction's size differs from
+        its mask's.
     """
     from mcf_fast.io.images import read_labels
     from mcf_fast.io.templates import read_points_csv
@@ -544,14 +552,27 @@ def score_folder(
             f"(expected e.g. {ds.names[0]}.png)"
         )
     missing: list[str] = []
+    sources = {
+        n: {
+            "labels": str(lab) if lab else None,
+            "centres": str(c) if c else ("labels" if lab else None),
+        }
+        for n, (lab, c) in found.items()
+    }
 
     def items():
         for s in ds:
             gt = ds.load_mask(s.name)
             lab_path, csv_path = found[s.name]
             if lab_path is None:
+                detection = (
+                    f"detection scored from {csv_path.name}"
+                    if csv_path is not None
+                    else "detection scored as empty too"
+                )
                 warnings.warn(
-                    f"{pdir / (s.name + '.png')}: prediction missing; scored as empty",
+                    f"{pdir / (s.name + '.png')}: prediction missing; segmentation scored "
+                    f"as empty, {detection}",
                     UserWarning,
                     stacklevel=3,
                 )
@@ -568,7 +589,26 @@ def score_folder(
             yield s.name, pred, gt, centres
 
     result = score_arrays(items(), radii=radii, progress=progress)
-    return {"data": str(ds.root), "pred": str(pdir), "missing": missing, **result}
+    return {
+        "data": str(ds.root),
+        "pred": str(pdir),
+        "missing": missing,
+        "sources": sources,
+        **result,
+    }
+
+
+def describe_sources(result: dict) -> str:
+    """One line saying what :func:`score_folder` scored: label images, CSVs, missing files."""
+    src = result.get("sources", {})
+    n = len(src)
+    labels = sum(1 for v in src.values() if v["labels"])
+    csvs = sum(1 for v in src.values() if v["centres"] not in (None, "labels"))
+    return (
+        f"scored {n} image(s): {labels} with a label image (segmentation), {n - labels} "
+        f"without (segmentation scored as empty); centres from {csvs} CSV file(s), "
+        f"{sum(1 for v in src.values() if v['centres'] == 'labels')} from label centroids"
+    )
 
 
 def markdown_table(result: dict, *, per_image: bool = True) -> str:

@@ -83,12 +83,53 @@ def test_score_shifted_binary_and_missing(tmp_path, capsys):
         == 0
     )
     captured = capsys.readouterr()
-    assert "s2.png: prediction missing; scored as empty" in captured.err
+    assert (
+        "s2.png: prediction missing; segmentation scored as empty, detection scored as "
+        "empty too" in captured.err
+    )
+    assert "scored 3 image(s): 2 with a label image" in captured.err
     res = json.loads(out.read_text())
     rows = {r["name"]: r for r in res["per_image"]}
     assert rows["s2"]["n_pred"] == 0 and rows["s2"]["R@6"] == 0.0
     assert res["missing"] == ["s2"] and res["radii"] == [6]
+    assert res["sources"]["s2"] == {"labels": None, "centres": None}
+    assert res["sources"]["s0"] == {"labels": str(pred / "s0.tif"), "centres": "labels"}
     assert "F1@12" not in res["aggregate"]
+
+
+def _centres_csv(path, lab):
+    from scipy import ndimage as ndi
+
+    cents = ndi.center_of_mass(lab > 0, lab, range(1, int(lab.max()) + 1))
+    path.write_text("y,x\n" + "".join(f"{y:.1f},{x:.1f}\n" for y, x in cents))
+
+
+def test_score_csv_only_says_what_is_scored(tmp_path, capsys):
+    data, labs = make_data(tmp_path, n=2)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for name, lab in labs.items():
+        _centres_csv(pred / f"{name}.csv", lab)
+    out = tmp_path / "res.json"
+    args = ["score", "--data", str(data), "--pred", str(pred), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "detection scored from s0.csv" in err and "scored as empty too" not in err
+    assert "centres from 2 CSV file(s)" in err and "0 with a label image" in err
+    res = json.loads(out.read_text())
+    assert res["aggregate"]["F1@6"] == 1.0 and res["aggregate"]["Dice"] == 0.0
+    assert res["sources"]["s1"] == {"labels": None, "centres": str(pred / "s1.csv")}
+
+
+def test_score_refuses_two_label_images_for_one_name(tmp_path, capsys):
+    data, labs = make_data(tmp_path, n=1)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    write_image(pred / "s0.png", labs["s0"])
+    write_image(pred / "s0.tif", labs["s0"])
+    assert main(["score", "--data", str(data), "--pred", str(pred), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "2 label images for 's0' (s0.png, s0.tif)" in err
 
 
 def test_score_bad_input_exit_code(tmp_path, capsys):

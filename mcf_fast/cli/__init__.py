@@ -2,11 +2,14 @@
 
 Each subcommand lives in its own module of this package and is imported only when it runs,
 so ``mcf --help`` does not pay for torch or dask.  Exit codes: 0 success, 1 an mcf_fast
-error (bad input, bad config), 2 a usage error.
+error (bad input, bad config, some images of a batch could not be processed) or a file
+system error (disk full, read-only, no permission), 2 a usage error, 130 interrupted.
+Errors are one line on stderr naming the file, never a traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -73,7 +76,26 @@ def main(argv: list[str] | None = None) -> int:
     except McfError as exc:
         click.echo(f"error: {exc}", err=True)
         return 1
+    except OSError as exc:  # the file system refused a read or a write
+        click.echo(f"error: {os_error_message(exc)}", err=True)
+        return 1
     return 0
+
+
+_HINTS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "no permission",
+    errno.EDQUOT: "the disk quota is exceeded",
+}
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a file-system error: the file, what failed, and what it means."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    hint = _HINTS.get(exc.errno)
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{what}" + (f" ({hint})" if hint else "")
 
 
 if __name__ == "__main__":  # pragma: no cover

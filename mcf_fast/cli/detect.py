@@ -65,25 +65,6 @@ def overlay(image: np.ndarray, result) -> np.ndarray:
     return out
 
 
-def _images(inputs: tuple[str, ...]) -> list[Path]:
-    from mcf_fast.errors import InputError
-    from mcf_fast.io.images import IMAGE_SUFFIXES
-
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise InputError(f"{p}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise InputError(f"{p}: no such file or folder")
-    return files
-
-
 def _config(color_names: str | None, **fields):
     from mcf_fast.config import DetectionConfig
 
@@ -117,6 +98,11 @@ _DEVICE_HELP = "Where correlation and fusion run: cpu, or cuda[:N] (needs torch 
 )
 @click.option("--color-names", default=None, help=_COLOR_HELP)
 @click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Skip images whose outputs in --out are complete, from the same input and settings.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def detect(
     templates_path: str,
@@ -124,6 +110,7 @@ def detect(
     out_dir: str,
     color_names: str | None,
     device: str,
+    resume: bool,
     quiet: bool,
 ) -> None:
     """Detect nuclei in IMAGE_OR_DIR... with the filter bank of a template set.
@@ -131,23 +118,40 @@ def detect(
     Writes <name>.csv (y,x,score), <name>_response.png, <name>_pseudo.png (0 unknown,
     128 background, 255 nucleus) and <name>_overlay.png per image into --out.
     Grayscale, RGBA, 16-bit and float images are converted (see mcf_fast.io.images).
+    Each image's four files appear together once all are written.  An image that cannot
+    be read is reported and the others are processed; the command then exits with
+    status 1, naming every bad file.
     """
-    from tqdm.auto import tqdm
-
+    from mcf_fast.cli.common import collect_images, raise_failures, run_batch
     from mcf_fast.io.images import read_image
+    from mcf_fast.io.outputs import OutputFolder, file_digest
     from mcf_fast.io.templates import TemplateSet
     from mcf_fast.pipeline.detector import Detector
 
-    files = _images(inputs)
-    det = Detector(TemplateSet.load(templates_path), _config(color_names), device=device)
-    out = Path(out_dir)
-    total = 0
-    for f in tqdm(files, desc="detect", unit="image", disable=quiet):
-        image = read_image(f)
-        result = det.detect(image)
-        write_outputs(out, f.stem, image, result)
-        total += len(result.centres)
-    click.echo(f"{total} nuclei in {len(files)} image(s); outputs in {out}", err=True)
+    files = collect_images(inputs)
+    settings = {"command": "detect", "templates": file_digest(templates_path)}
+    settings["color_names"] = color_names or "builtin"
+    with OutputFolder(out_dir, settings=settings) as out:
+        det = Detector(TemplateSet.load(templates_path), _config(color_names), device=device)
+        total, skipped = 0, 0
+
+        def one(f: Path) -> None:
+            nonlocal total, skipped
+            if resume and out.is_done(f.stem, f):
+                skipped += 1
+                return
+            image = read_image(f)
+            result = det.detect(image)
+            out.write_set(f.stem, f, lambda d: write_outputs(d, f.stem, image, result))
+            total += len(result.centres)
+
+        failed = run_batch(files, one, desc="detect", quiet=quiet)
+    done = len(files) - len(failed)
+    resumed = f", {skipped} already done" if skipped else ""
+    click.echo(
+        f"{total} nuclei in {done - skipped} image(s){resumed}; outputs in {out.path}", err=True
+    )
+    raise_failures(failed, len(files))
 
 
 def demo_points() -> tuple[np.ndarray, np.ndarray]:

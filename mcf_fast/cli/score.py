@@ -61,11 +61,17 @@ def score(
     """Score the predictions in PRED against the masks of DATA.
 
     Prints a Markdown table (one row per image, then the aggregate over the dataset:
-    summed confusion matrices, matches and AJI intersections/unions).  A missing
-    prediction is scored as empty, with a warning.
+    summed confusion matrices, matches and AJI intersections/unions).  A missing label
+    image is scored as empty for segmentation, with a warning that says where the
+    detection's centres come from (<name>.csv, or nowhere); a last line says what was
+    scored.  Two label images for one name (<name>.png and <name>.tif) are an error.
     """
     from mcf_fast.io.images import atomic_path
-    from mcf_fast.metrics import markdown_table, score_folder
+    from mcf_fast.io.outputs import check_output_file
+    from mcf_fast.metrics import describe_sources, markdown_table, score_folder
+
+    if out:
+        check_output_file(out)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -73,6 +79,7 @@ def score(
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
     click.echo(markdown_table(result, per_image=not aggregate_only))
+    click.echo(describe_sources(result), err=True)
     if out:
         with atomic_path(out) as tmp:
             tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8")

@@ -4,51 +4,17 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import sys
 from pathlib import Path
 
 import click
 import numpy as np
 
+from mcf_fast.cli.common import check_images, collect_images, raise_failures, run_batch
 from mcf_fast.errors import InputError
-from mcf_fast.io.images import IMAGE_SUFFIXES, atomic_path, read_image, write_image
+from mcf_fast.io.images import atomic_path, read_image, write_image
 from mcf_fast.presets import PRESETS
 
 __all__ = ["collect_images", "fit", "predict", "write_prediction"]
-
-
-def collect_images(paths: tuple[Path, ...] | list[Path]) -> list[Path]:
-    """Image files from files and folders (a folder with ``images/`` uses that subfolder).
-
-    Raises
-    ------
-    InputError
-        If a folder holds no images, or nothing is found at all.
-    """
-    out: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            folder = p / "images" if (p / "images").is_dir() else p
-            found = sorted(
-                f
-                for f in folder.iterdir()
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
-            )
-            if not found:
-                raise InputError(f"{folder}: no images (suffixes {', '.join(IMAGE_SUFFIXES)})")
-            out.extend(found)
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise InputError(f"{p}: no such file or folder")
-    stems = [f.stem for f in out]
-    dup = sorted({s for s in stems if stems.count(s) > 1})
-    if dup:
-        raise InputError(f"two input images share the name {dup[0]!r}; outputs would collide")
-    if not out:
-        raise InputError("no input images")
-    return out
 
 
 def _set_threads(threads: int | None) -> None:
@@ -142,12 +108,20 @@ def fit(
     mask-residual templates, writing a checkpoint after each round, then saves the model
     bundle to OUT.  Masks next to the images are never read.
     """
-    from mcf_fast.io.templates import TemplateSet
-    from mcf_fast.pipeline.mcf import MCF
+    from mcf_fast.io.outputs import check_output_dir, check_output_file, lock_folder
 
     _check_device(device)
     _set_threads(threads)
     paths = collect_images(images)
+    check_output_file(out)
+    check_images(paths)  # every bad file named at once, before anything is written
+    ckpt = checkpoint_dir if checkpoint_dir is not None else out.with_name(out.name + ".ckpt")
+    check_output_dir(ckpt, option="--checkpoint-dir")
+    # held until the command ends: a second fit into the same checkpoint is refused
+    click.get_current_context().with_resource(lock_folder(ckpt, option="--checkpoint-dir"))
+    from mcf_fast.io.templates import TemplateSet
+    from mcf_fast.pipeline.mcf import MCF
+
     templates = TemplateSet.load(templates_path)
     config = PRESETS[preset]
     changes = {"device": device}
@@ -163,7 +137,6 @@ def fit(
         from mcf_fast.ops.stain import StainNormalizer
 
         stain = StainNormalizer(stain_method).fit(read_image(stain_reference))
-    ckpt = checkpoint_dir if checkpoint_dir is not None else out.with_name(out.name + ".ckpt")
     if resume and not (ckpt / "state.json").is_file():
         click.echo(f"no checkpoint in {ckpt}; starting from the beginning", err=True)
     click.echo(
@@ -241,29 +214,50 @@ def write_prediction(out_dir: Path, name: str, image: np.ndarray, pred) -> list[
     help="Test-time flips (default: as the model was configured).",
 )
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Skip images whose outputs in --out are complete, from the same input and model.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def predict(images, model_path, out, device, flips, threads, quiet) -> None:
+def predict(images, model_path, out, device, flips, threads, resume, quiet) -> None:
     """Segment IMAGES (files or folders) with a fitted model.
 
     For each image writes OUT/<name>.png (16-bit instance labels, 0 = background),
     OUT/<name>.csv (label, y, x, area, mean intensity per nucleus) and
-    OUT/<name>_overlay.png (nucleus outlines on the image).
+    OUT/<name>_overlay.png (nucleus outlines on the image).  Each image's files appear
+    together once all are written.  An image that cannot be read is reported and the
+    others are processed; the command then exits with status 1, naming every bad file.
     """
-    from tqdm.auto import tqdm
-
+    from mcf_fast.io.outputs import OutputFolder, file_digest
     from mcf_fast.pipeline.mcf import MCFModel
 
     _check_device(device)
     _set_threads(threads)
     paths = collect_images(images)
-    model = MCFModel.load(model_path, device=device)
-    if flips is not None:
-        seg = dataclasses.replace(model.config.segmentation, tta_flips=flips)
-        model.config = dataclasses.replace(model.config, segmentation=seg)
-    total = 0
-    for p in tqdm(paths, desc="predict", unit="image", disable=quiet, file=sys.stderr):
-        image = read_image(p)
-        pred = model.predict(image)
-        write_prediction(out, p.stem, image, pred)
-        total += len(pred.table)
-    click.echo(f"wrote {len(paths)} prediction(s) to {out} ({total} nuclei)", err=True)
+    settings = {"command": "predict", "model": file_digest(model_path), "flips": flips}
+    with OutputFolder(out, settings=settings) as folder:
+        model = MCFModel.load(model_path, device=device)
+        if flips is not None:
+            seg = dataclasses.replace(model.config.segmentation, tta_flips=flips)
+            model.config = dataclasses.replace(model.config, segmentation=seg)
+        total, skipped = 0, 0
+
+        def one(p: Path) -> None:
+            nonlocal total, skipped
+            if resume and folder.is_done(p.stem, p):
+                skipped += 1
+                return
+            image = read_image(p)
+            pred = model.predict(image)
+            folder.write_set(p.stem, p, lambda d: write_prediction(d, p.stem, image, pred))
+            total += len(pred.table)
+
+        failed = run_batch(paths, one, desc="predict", quiet=quiet)
+    resumed = f", {skipped} already done" if skipped else ""
+    click.echo(
+        f"wrote {len(paths) - len(failed) - skipped} prediction(s) to {out} "
+        f"({total} nuclei{resumed})",
+        err=True,
+    )
+    raise_failures(failed, len(paths))

@@ -33,7 +33,7 @@ def _load(path: str | os.PathLike) -> tuple[Path, Any]:
         raise InputError(f"{p}: no such GeoJSON file")
     try:
         return p, json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise FormatError(f"{p}: not a JSON/GeoJSON file ({exc})") from exc
 
 

@@ -8,6 +8,12 @@ Every image that enters mcf_fast goes through :func:`as_rgb_uint8`:
 - float: must lie in [0, 1] and is scaled by 255;
 - NaN or infinite values are an error.
 
+Files: palette, CMYK, YCbCr and 1-bit images are converted to RGB or gray with Pillow's
+conversions (TIFF: the colour map is applied, CMYK converted as Pillow does, min-is-white
+inverted); colour spaces that cannot be converted are an error naming the file.  Only the
+first image of a multi-page file is read.  Images above :func:`max_pixels` pixels are
+refused before decoding.
+
 Writers go through :func:`atomic_path`: the file appears under its final name only once it
 is complete, so an interrupted run never leaves a partial output file.
 """
@@ -17,15 +23,19 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from mcf_fast.errors import FormatError, InputError
+from mcf_fast.errors import ConfigError, FormatError, InputError
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_IMAGE_PIXELS",
+    "check_pixels",
+    "max_pixels",
     "read_image",
     "read_labels",
     "as_rgb_uint8",
@@ -36,21 +46,131 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
+#: default largest image, in pixels, that :func:`read_image` decodes (see :func:`max_pixels`)
+MAX_IMAGE_PIXELS = 100_000_000
+#: environment variable that overrides :data:`MAX_IMAGE_PIXELS` (0 or "none": no limit)
+MAX_PIXELS_ENV = "MCF_MAX_IMAGE_PIXELS"
+
+# Pillow modes that convert losslessly enough to RGB or to gray before reading
+_PIL_TO_RGB = {"P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"}
+_PIL_TO_GRAY = {"1", "LA", "La"}
+_PIL_LOCK = threading.Lock()
+
+
+def max_pixels() -> int | None:
+    """The largest image (height x width, in pixels) that readers decode; None: no limit.
+
+    :data:`MAX_IMAGE_PIXELS` unless the environment variable ``MCF_MAX_IMAGE_PIXELS``
+    says otherwise (a positive integer, or ``0`` / ``none`` for no limit).  Larger images
+    are refused before any pixel is decoded, so a small compressed file that declares a
+    huge image cannot exhaust memory; whole slides go through ``mcf slide``, which reads
+    them region by region.
+
+    Raises
+    ------
+    ConfigError
+        If the environment variable is not a number.
+    """
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return MAX_IMAGE_PIXELS
+    if raw.lower() == "none":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{MAX_PIXELS_ENV}={raw!r}: expected a number of pixels, or 0 / none for no limit"
+        ) from None
+    return value if value > 0 else None
+
+
+def check_pixels(name: str, height: int, width: int, limit: int | None = None) -> None:
+    """Refuse an image of ``height x width`` pixels above the limit (:func:`max_pixels`).
+
+    Raises
+    ------
+    InputError
+        Naming `name`, its size and the limit.
+    """
+    limit = max_pixels() if limit is None else limit
+    if limit is not None and int(height) * int(width) > limit:
+        raise InputError(
+            f"{name}: {width} x {height} pixels is above the limit of {limit} pixels "
+            f"(set {MAX_PIXELS_ENV} to raise it, or run whole slides with `mcf slide`)"
+        )
+
+
+def _load_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.pages:
+            raise FormatError(f"{path}: a TIFF file without images")
+        page = tif.pages.first
+        check_pixels(str(path), page.imagelength, page.imagewidth)
+        photometric = int(page.photometric)
+        P = tifffile.PHOTOMETRIC
+        if photometric == P.YCBCR and int(page.compression) != tifffile.COMPRESSION.JPEG:
+            raise FormatError(f"{path}: YCbCr TIFF without JPEG compression; save it as RGB")
+        if photometric not in (P.MINISBLACK, P.MINISWHITE, P.RGB, P.PALETTE, P.SEPARATED, P.YCBCR):
+            raise FormatError(
+                f"{path}: TIFF colour space {P(photometric).name} is not read; "
+                "save the image as RGB or grayscale"
+            )
+        a = np.asarray(page.asarray())
+        if photometric == P.PALETTE:
+            cmap = np.asarray(page.colormap)
+            if cmap.ndim != 2 or cmap.shape[0] != 3 or not np.issubdtype(a.dtype, np.integer):
+                raise FormatError(f"{path}: palette TIFF without a usable colour map")
+            if a.size and int(a.max()) >= cmap.shape[1]:
+                raise FormatError(f"{path}: palette index beyond the colour map")
+            rgb = cmap.T[a]
+            return rgb.astype(np.uint16) if cmap.max(initial=0) > 255 else rgb.astype(np.uint8)
+        if photometric == P.SEPARATED:
+            if a.ndim != 3 or a.shape[2] < 4 or a.dtype != np.uint8:
+                raise FormatError(f"{path}: only 8-bit CMYK TIFFs are read; save it as RGB")
+            cmyk = a[:, :, :4].astype(np.int16)
+            return np.clip(255 - (cmyk[:, :, :3] + cmyk[:, :, 3:4]), 0, 255).astype(np.uint8)
+        if photometric == P.MINISWHITE and np.issubdtype(a.dtype, np.integer):
+            return np.iinfo(a.dtype).max - a
+        if photometric in (P.MINISBLACK, P.MINISWHITE) and a.ndim == 3 and a.shape[2] == 2:
+            return a[:, :, 0]  # gray and alpha
+        return a
+
+
+def _load_pil(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with _PIL_LOCK:  # Pillow's own bomb check is replaced by check_pixels (any limit)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with im:
+        check_pixels(str(path), im.height, im.width)
+        mode = im.mode
+        if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+            return np.asarray(im, dtype=np.uint16)
+        if mode in ("I", "F"):
+            return np.asarray(im)
+        if mode in _PIL_TO_RGB:
+            return np.asarray(im.convert("RGB"))
+        if mode in _PIL_TO_GRAY:
+            return np.asarray(im.convert("L"))
+        if mode not in ("L", "RGB", "RGBA"):
+            raise FormatError(f"{path}: image mode {mode!r} is not read; save it as RGB")
+        return np.asarray(im)
+
+
 def _load_array(path: Path) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    suffix = path.suffix.lower()
     try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            return np.asarray(tifffile.imread(path))
-        from PIL import Image
-
-        with Image.open(path) as im:
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return np.asarray(im, dtype=np.uint32 if im.mode == "I" else np.uint16)
-            return np.asarray(im)
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return _load_tiff(path)
+        return _load_pil(path)
     except InputError:
         raise
     except Exception as exc:  # PIL / tifffile raise many types for unreadable files

@@ -33,7 +33,13 @@ from typing import Any
 import numpy as np
 
 from mcf_fast.errors import FormatError, InputError
-from mcf_fast.io.images import IMAGE_SUFFIXES, as_rgb_uint8, read_image
+from mcf_fast.io.images import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS_ENV,
+    as_rgb_uint8,
+    max_pixels,
+    read_image,
+)
 
 __all__ = [
     "SLIDE_SUFFIXES",
@@ -443,7 +449,10 @@ def open_slide(
             raise FormatError(f"{path}: not a zarr array ({type(exc).__name__}: {exc})") from exc
         if level != 0:
             raise InputError(f"level: {path} has only level 0, got {level}")
-        return ArrayReader(arr, mpp=mpp, name=path.name)
+        _check_chunks(path, arr)
+        reader = ArrayReader(arr, mpp=mpp, name=path.name)
+        reader.path = path.absolute()
+        return reader
     if backend == "openslide":
         return OpenSlideReader(path, level=level, mpp=mpp)
     if suffix in SLIDE_SUFFIXES:
@@ -451,11 +460,25 @@ def open_slide(
     if suffix in IMAGE_SUFFIXES:
         if level != 0:
             raise InputError(f"level: {path} is a plain image with only level 0, got {level}")
-        return ArrayReader(read_image(path), mpp=mpp, name=path.name)
+        reader = ArrayReader(read_image(path), mpp=mpp, name=path.name)
+        reader.path = path.absolute()  # the file a resumed run checks it still reads
+        return reader
     raise FormatError(
         f"{path}: unknown image or slide type {suffix!r} (expected one of "
         f"{', '.join(SLIDE_SUFFIXES + IMAGE_SUFFIXES)} or a .zarr folder)"
     )
+
+
+def _check_chunks(path: Path, arr: Any) -> None:
+    """Refuse a zarr store whose chunks are above the pixel limit: a read decodes whole chunks."""
+    limit = max_pixels()
+    chunks = tuple(getattr(arr, "chunks", ()) or ())
+    if limit is not None and len(chunks) >= 2 and int(chunks[0]) * int(chunks[1]) > limit:
+        raise InputError(
+            f"{path}: zarr chunks of {chunks[1]} x {chunks[0]} pixels are above the limit of "
+            f"{limit} pixels (every read decodes whole chunks); rechunk the store, or set "
+            f"{MAX_PIXELS_ENV} to raise the limit"
+        )
 
 
 @dataclass(frozen=True)

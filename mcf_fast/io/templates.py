@@ -265,7 +265,7 @@ class TemplateSet:
             raise InputError(f"{p}: no such template-set file")
         try:
             doc = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise FormatError(f"{p}: not a JSON template-set file ({exc})") from exc
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
             raise FormatError(f'{p}: not a template-set file (expected "format": "{FORMAT_NAME}")')

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcf_fast.errors import FormatError, InputError
+from mcf_fast.errors import FormatError, InputError, describe
 
 __all__ = [
     "COLOR_NAMES",
@@ -216,7 +216,7 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
     except FormatError:
         raise
     except Exception as exc:  # numpy / scipy raise many types for unreadable files
-        raise FormatError(f"{p}: not a readable colour-name table ({exc})") from exc
+        raise FormatError(f"{p}: not a readable colour-name table ({describe(exc)})") from exc
     table = _validate(a, str(p))
     table.flags.writeable = False
     return table

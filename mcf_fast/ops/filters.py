@@ -31,7 +31,7 @@ import scipy.fft as sfft
 from scipy.signal import fftconvolve
 
 from mcf_fast.config import DetectionConfig
-from mcf_fast.errors import FormatError, InputError
+from mcf_fast.errors import FormatError, InputError, describe
 
 __all__ = [
     "FilterBank",
@@ -269,7 +269,8 @@ class FilterBank:
         if not p.is_file():
             raise InputError(f"{p}: no such filter-bank file")
         try:
-            with np.load(p, allow_pickle=False) as z:
+            # our own handle: numpy leaves its file open when a damaged zip fails
+            with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as z:
                 version = int(z["version"])
                 if version != BANK_VERSION:
                     raise FormatError(
@@ -288,7 +289,7 @@ class FilterBank:
         except FormatError:
             raise
         except Exception as exc:  # zipfile / KeyError / ValueError on foreign files
-            raise FormatError(f"{p}: not a filter-bank file ({type(exc).__name__}: {exc})") from exc
+            raise FormatError(f"{p}: not a filter-bank file ({describe(exc)})") from exc
 
 
 def build_filter_bank(

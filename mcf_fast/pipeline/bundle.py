@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mcf_fast.config import MCFConfig, config_to_dict
-from mcf_fast.errors import FormatError, InputError
+from mcf_fast.errors import FormatError, InputError, describe
 from mcf_fast.io.images import atomic_path
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def _read_doc(zf: zipfile.ZipFile, p: Path) -> dict[str, Any]:
         doc = json.loads(zf.read("model.json").decode("utf-8"))
     except KeyError:
         raise FormatError(f"{p}: not a model bundle (no model.json inside)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise FormatError(f"{p}: model.json is not valid JSON ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
         raise FormatError(f'{p}: not a model bundle (expected "format": "{BUNDLE_FORMAT}")')
@@ -105,6 +105,19 @@ def _read_doc(zf: zipfile.ZipFile, p: Path) -> dict[str, Any]:
             f"reads version {BUNDLE_VERSION}); refit the model or use a matching mcf_fast"
         )
     return doc
+
+
+def _load_weights(raw: bytes) -> dict[str, Any]:
+    """The U-Net's state dict from ``unet.pt``'s bytes: tensors only, never code."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+        # torch's message suggests weights_only=False, which would run the file's code
+        raise ValueError(f"not a weights file of tensors ({type(exc).__name__})") from exc
 
 
 def load_bundle(path: str | os.PathLike, *, device: str = "cpu") -> MCFModel:
@@ -143,16 +156,19 @@ def load_bundle(path: str | os.PathLike, *, device: str = "cpu") -> MCFModel:
     with zipfile.ZipFile(p) as zf, tempfile.TemporaryDirectory() as tmpdir:
         doc = _read_doc(zf, p)
         names = set(zf.namelist())
+        member = "model.json"
         try:
             config = MCFConfig.from_dict(doc["config"])
             config = dataclasses.replace(
                 config, segmentation=dataclasses.replace(config.segmentation, device=device)
             )
-            tpath = Path(tmpdir) / "templates.json"
-            tpath.write_bytes(zf.read("templates.json"))
+            member = "templates.json"
+            tpath = Path(tmpdir) / member
+            tpath.write_bytes(zf.read(member))
             templates = TemplateSet.load(tpath)
             Detector = _detector_cls()
             if _BANK in names:
+                member = _BANK
                 bpath = Path(tmpdir) / _BANK
                 bpath.write_bytes(zf.read(_BANK))
                 detector = Detector.load(templates, bpath, config.detection, device=device)
@@ -160,20 +176,29 @@ def load_bundle(path: str | os.PathLike, *, device: str = "cpu") -> MCFModel:
                 detector = Detector(templates, config.detection, device=device)
             net = None
             if doc.get("network"):
+                member = "model.json"
                 hp = {k: v for k, v in doc["network"].items() if k != "class"}
                 net = UNet(**hp)
-                state = torch.load(
-                    io.BytesIO(zf.read("unet.pt")), map_location="cpu", weights_only=True
-                )
+                member = "unet.pt"
+                state = _load_weights(zf.read(member))
                 net.load_state_dict(state)
                 net.to(torch.device(device)).eval()
             stain = None
             if doc.get("stain") is not None:
                 from mcf_fast.ops.stain import normalizer_from_dict
 
+                member = "model.json"
                 stain = normalizer_from_dict(doc["stain"])
-        except FormatError:
-            raise
-        except (KeyError, TypeError, ValueError, RuntimeError, zipfile.BadZipFile) as exc:
-            raise FormatError(f"{p}: damaged model bundle ({type(exc).__name__}: {exc})") from exc
+        except (
+            FormatError,
+            KeyError,
+            TypeError,
+            ValueError,
+            RuntimeError,
+            zipfile.BadZipFile,
+        ) as exc:
+            # the reason, without the temporary path a member was read from
+            reason = str(exc) if isinstance(exc, FormatError) else describe(exc)
+            reason = reason.replace(f"{Path(tmpdir) / member}: ", "")
+            raise FormatError(f"{p}: damaged model bundle ({member}: {reason})") from exc
     return MCFModel(config, templates, detector, net, stain=stain, history=doc.get("history", []))

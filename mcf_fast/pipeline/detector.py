@@ -67,6 +67,18 @@ class Detection:
     pseudo_mask: np.ndarray
 
 
+def empty_detection(shape: tuple[int, int]) -> Detection:
+    """The detection of an image without tissue: no centres, every pixel background."""
+    zeros = np.zeros(shape, np.float32)
+    return Detection(
+        centres=np.zeros((0, 2), np.int64),
+        scores=np.zeros(0, np.float32),
+        response=zeros,
+        gdbp=zeros.copy(),
+        pseudo_mask=np.zeros(shape, np.int8),
+    )
+
+
 def postprocess(
     image: np.ndarray,
     response: np.ndarray,
@@ -254,6 +266,8 @@ class Detector:
         Returns
         -------
         Detection
+            No centres and an all-background pseudo mask for a blank image (one flat
+            colour: see :func:`~mcf_fast.ops.tissue.is_blank`).
 
         Raises
         ------
@@ -261,9 +275,12 @@ class Detector:
             For an image that cannot be converted (NaN values, bad shape or range).
         """
         from mcf_fast.ops.gdbp import gdbp
+        from mcf_fast.ops.tissue import is_blank
 
         cfg = self.config
         rgb = as_rgb_uint8(image, name="image")
+        if is_blank(rgb):
+            return empty_detection(rgb.shape[:2])
         feats = self._features(rgb)
         s = self.fused_response(feats)
         sn = normalise_response(s)

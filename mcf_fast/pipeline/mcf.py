@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from mcf_fast.config import MCFConfig, config_to_dict
 from mcf_fast.errors import DataError, FormatError, InputError
 from mcf_fast.io.images import as_rgb_uint8, atomic_path, read_image
+from mcf_fast.ops.tissue import is_blank
 from mcf_fast.pipeline.instances import TABLE_DTYPE, instance_labels, nucleus_table
 
 __all__ = [
@@ -613,6 +614,19 @@ def _load_checkpoint(folder: Path, fingerprint: str):
     return state, templates, weights
 
 
+def _empty_prediction(shape: tuple[int, int]) -> Prediction:
+    """The prediction for an image without tissue: no nuclei."""
+    labels = np.zeros(shape, np.int32)
+    return Prediction(
+        probability=np.zeros(shape, np.float32),
+        mask=labels > 0,
+        labels=labels,
+        centres=np.zeros((0, 2)),
+        table=np.zeros(0, TABLE_DTYPE),
+        detected_centres=np.zeros((0, 2), np.int64),
+    )
+
+
 # ---------------------------------------------------------------------------- the model
 class MCFModel:
     """A fitted framework: detector, U-Net, templates, stain normaliser and history.
@@ -682,6 +696,8 @@ class MCFModel:
             img = read_image(image)
         else:
             img = as_rgb_uint8(image)
+        if is_blank(img):  # no tissue, no nuclei (see mcf_fast.ops.tissue)
+            return _empty_prediction(img.shape[:2])
         if self.stain is not None:
             img = as_rgb_uint8(self.stain.transform(img))
         needed = self.net is None or seg.instance_seeds == "centres"

@@ -59,6 +59,7 @@ from mcf_fast.io.export import (
     overlay,
 )
 from mcf_fast.io.images import atomic_path
+from mcf_fast.io.outputs import check_output_dir, lock_folder
 from mcf_fast.io.slides import SlideReader, open_slide, tissue_mask
 from mcf_fast.io.tiling import Tile, associate, tile_grid, tile_labels
 
@@ -952,6 +953,40 @@ def _describe(predictor: Any, built: Any) -> str:
     return repr(built)
 
 
+def slide_identity(reader: SlideReader, *, side: int = 128) -> dict[str, Any]:
+    """What tells this slide from another of the same name and shape, for resuming a run.
+
+    The file's size and modification time (when the reader has a file) and a SHA-256 of
+    the pixels of nine ``side x side`` regions on a 3 x 3 grid over the slide.
+    """
+    import hashlib
+
+    ident: dict[str, Any] = {}
+    path = getattr(reader, "path", None)
+    if path is not None and Path(path).is_file():
+        st = Path(path).stat()
+        ident.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+    h = hashlib.sha256()
+    height, width = reader.shape
+    rh, rw = min(side, height), min(side, width)
+    for fy in (0.25, 0.5, 0.75):
+        for fx in (0.25, 0.5, 0.75):
+            y = min(int(height * fy), height - rh)
+            x = min(int(width * fx), width - rw)
+            h.update(np.ascontiguousarray(reader.read_region(y, x, rh, rw)).tobytes())
+    ident["pixels_sha256"] = h.hexdigest()
+    return ident
+
+
+def _predictor_identity(predictor: Any) -> str | None:
+    """SHA-256 of the model file a predictor comes from (None for "blob" or an object)."""
+    from mcf_fast.io.outputs import file_digest
+
+    if isinstance(predictor, PredictorSpec) and Path(predictor.source).is_file():
+        return file_digest(predictor.source)
+    return None
+
+
 def _calibration_tiles(tiles: list[Tile], n: int) -> list[Tile]:
     if n <= 0 or not tiles:
         return []
@@ -1051,6 +1086,7 @@ def run_slide(
         If `out` holds a run made with other parameters.
     """
     t_start = time.perf_counter()
+    out_dir = check_output_dir(out)  # before any model is loaded or tile read
     reader = open_slide(slide, level=level, mpp=mpp)
     if isinstance(predictor, (str, os.PathLike)):
         predictor = PredictorSpec(str(predictor))
@@ -1071,23 +1107,13 @@ def run_slide(
         )
     tiles = tile_grid(reader.shape, tile=tile, margin=m)
 
-    out_dir = Path(out)
-    tiles_dir = out_dir / TILES_DIR
-    tiles_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out_dir / LOG, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    old_level = log.level
-    if log.getEffectiveLevel() > logging.INFO:
-        log.setLevel(logging.INFO)
-    try:
-        return _run(
+    with lock_folder(out_dir):  # a second run into the same folder is refused
+        return _run_logged(
             reader,
             predictor,
             local_pred,
             tiles,
             out_dir,
-            tiles_dir,
             tile=tile,
             margin=m,
             level=level,
@@ -1101,6 +1127,26 @@ def run_slide(
             on_tile=on_tile,
             t_start=t_start,
         )
+
+
+def _run_logged(
+    reader: SlideReader,
+    predictor: Any,
+    local_pred: Any,
+    tiles: list[Tile],
+    out_dir: Path,
+    **kwargs: Any,
+) -> SlideReport:
+    tiles_dir = out_dir / TILES_DIR
+    tiles_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out_dir / LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    old_level = log.level
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    try:
+        return _run(reader, predictor, local_pred, tiles, out_dir, tiles_dir, **kwargs)
     finally:
         log.setLevel(old_level)
         log.removeHandler(handler)
@@ -1141,12 +1187,41 @@ def _run(
         "tile": tile,
         "margin": margin,
         "predictor": _describe(predictor, local_pred),
+        "predictor_sha256": _predictor_identity(predictor),
+        "slide_identity": slide_identity(reader),
     }
     run_file = out_dir / RUN_FILE
     calibration: dict[str, Any] = {}
     if run_file.exists():
-        prev = json.loads(run_file.read_text(encoding="utf-8"))
+        try:
+            prev = json.loads(run_file.read_text(encoding="utf-8"))
+            if not isinstance(prev, dict):
+                raise ValueError("not a JSON object")
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ConfigError(
+                f"{run_file}: not a readable run record ({exc}); use another --out"
+            ) from exc
+        if "slide_identity" not in prev:
+            raise ConfigError(
+                f"{out_dir}: holds a run made by an earlier mcf_fast, which did not record "
+                "the slide's identity, so it cannot be resumed safely; use another --out "
+                "or remove the folder"
+            )
         diff = {k: (prev.get(k), v) for k, v in params.items() if prev.get(k) != v}
+        if "slide_identity" in diff or "predictor_sha256" in diff:
+            what = [
+                w
+                for k, w in (
+                    ("slide_identity", "another slide (its file or pixels differ)"),
+                    ("predictor_sha256", "another model file"),
+                )
+                if k in diff
+            ]
+            raise ConfigError(
+                f"{out_dir}: holds a run of {' and of '.join(what)}, not this "
+                f"{reader.name}; resuming would mix both runs' nuclei: use another --out "
+                "or remove the folder"
+            )
         if diff:
             raise ConfigError(
                 f"{out_dir}: holds a run with other parameters "

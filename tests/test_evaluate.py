@@ -271,7 +271,7 @@ class _FakeModel:
         self.config = config
         self.templates = templates
 
-    def predict(self, image):
+    def predict(self, image, detect=None):
         from types import SimpleNamespace
 
         from mcf_fast.metrics import instance_centres

@@ -436,9 +436,8 @@ def _run_mcf(
     last: list[np.ndarray] = []
 
     def predict(i: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        pred = model.predict(image)
-        dc = np.asarray(pred.detected_centres, dtype=np.float64).reshape(-1, 2)
-        last[:] = [dc if len(dc) else None]  # empty: the labels did not need the detector
+        pred = model.predict(image, detect=True)  # the detector's own centres are scored too
+        last[:] = [np.asarray(pred.detected_centres, dtype=np.float64).reshape(-1, 2)]
         return pred.labels, np.asarray(pred.centres, dtype=np.float64).reshape(-1, 2)
 
     res = _score_and_write(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from mcf_fast.cli import cli
+from mcf_fast.errors import InputError
+from mcf_fast.io.templates import TemplateSet
 from mcf_fast.pipeline.warmup import synthetic_tile, warm_up
 
 
@@ -26,3 +29,17 @@ def test_warmup_command():
     result = CliRunner().invoke(cli, ["warmup"])
     assert result.exit_code == 0, result.output
     assert "kernels ready" in result.output
+
+
+def test_warmup_plans_a_template_set(tmp_path, monkeypatch):
+    wisdom = tmp_path / "wisdom.bin"
+    monkeypatch.setenv("MCF_FFTW_WISDOM", str(wisdom))
+    img, centres = synthetic_tile()
+    path = tmp_path / "t.json"
+    TemplateSet.from_points(img, centres[:1], size=15, image_name="syn").save(path)
+    result = CliRunner().invoke(cli, ["warmup", "--templates", str(path), "--tile", "64"])
+    assert result.exit_code == 0, result.output
+    assert "plans" in result.output
+    assert wisdom.is_file() and wisdom.stat().st_size > 0
+    with pytest.raises(InputError, match="tile = 8"):
+        warm_up(TemplateSet.load(path), tile=8)

@@ -93,6 +93,14 @@ class DetectionConfig:
     #: filter spectra in MiB
     block_size: int = 0
     max_spectra_mib: int = 512
+    #: correlate in this many projected feature channels instead of all C (0: all, exact);
+    #: the projection keeps the directions of most response energy (ours, see
+    #: docs/algorithm.md "Channel projection")
+    channel_rank: int = 0
+    #: bound on filters x correlated channels (0: none): above it the channels are
+    #: projected to max(1, max_filter_channels // filters), so the bank's cost does not
+    #: grow with the template count (ours)
+    max_filter_channels: int = 0
     # --- centres ---
     #: centres are local maxima of D (or of S when use_gdbp is off) at least this many
     #: pixels apart, with normalised response S >= min_score (ours, tuned on the MoNuSeg
@@ -184,6 +192,15 @@ class DetectionConfig:
             "0 (automatic) or a positive integer",
         )
         _positive_int(c, "max_spectra_mib", self.max_spectra_mib)
+        for name in ("channel_rank", "max_filter_channels"):
+            v = getattr(self, name)
+            _check(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                c,
+                name,
+                v,
+                "0 (off) or a positive integer",
+            )
         _positive_int(c, "peak_distance", self.peak_distance)
         _unit(c, "min_score", self.min_score)
         _unit(c, "centre_gate", self.centre_gate)

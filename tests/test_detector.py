@@ -215,3 +215,30 @@ def test_gated_pseudo_rule_and_gate(image):
     extra = np.vstack([cents, [[30, 2]]])
     kept, _ = gate_centres(extra, np.ones(len(extra), np.float32), post, threshold=0.5)
     assert len(kept) == len(CENTRES)
+
+
+def test_channel_projection_options(templates, image, detector):
+    full = detector.fused_response(detector.features(image))
+    same = Detector(templates, DetectionConfig(**SMALL, channel_rank=20), _bank=detector.bank)
+    assert same._projection is None and same.projection_energy == 1.0
+    low = Detector(templates, DetectionConfig(**SMALL, channel_rank=6), _bank=detector.bank)
+    assert low._projection.shape == (20, 6) and low._engine.n_channels == 6
+    assert 0.9 < low.projection_energy < 1.0
+    s = low.fused_response(low.features(image))
+    assert s.shape == full.shape
+    # close to the full bank's response, and still finds every disc
+    assert np.corrcoef(s.ravel(), full.ravel())[0, 1] > 0.95
+    assert _matched(low.detect(image).centres) == len(CENTRES)
+    # the bound on filters x channels: 2 templates x 3 scales = 6 filters, 60 -> rank 10
+    capped = Detector(
+        templates, DetectionConfig(**SMALL, max_filter_channels=60), _bank=detector.bank
+    )
+    assert capped._engine.n_channels == 10
+    with pytest.raises(InputError, match="features"):
+        low.fused_response(np.zeros((10, 10, 3), np.float32))
+
+
+@pytest.mark.parametrize("field", ["channel_rank", "max_filter_channels"])
+def test_projection_fields_validated(field):
+    with pytest.raises(ConfigError, match=field):
+        DetectionConfig(**{field: -1})

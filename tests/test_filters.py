@@ -12,10 +12,12 @@ from mcf_fast.ops.correlation import correlate_bank
 from mcf_fast.ops.filters import (
     FilterBank,
     build_filter_bank,
+    channel_projection,
     correlation_filters,
     cosine_window,
     crop_sizes,
     fold_filter,
+    projection_rank,
     scale_sizes,
     train_filter,
     zero_sum_gaussian,
@@ -131,3 +133,48 @@ def test_bad_crops():
         build_filter_bank([np.zeros((5, 6, 3), np.uint8)], DetectionConfig(), features=_feat)
     with pytest.raises(InputError, match="g_level"):
         correlation_filters(_bank(np.random.default_rng(0))[0], g_level="scale")
+
+
+@pytest.mark.parametrize("moment", [False, True])
+def test_full_rank_projection_is_the_original_correlation(rng, moment):
+    w = rng.normal(size=(3, 5, 7, 7)).astype(np.float32)
+    z = rng.random((20, 23, 5)).astype(np.float32)
+    s = z.reshape(-1, 5).T.astype(np.float64) @ z.reshape(-1, 5) / 460 if moment else None
+    proj, wp, energy = channel_projection(w, 5, second_moment=s)
+    assert proj.shape == (5, 5) and wp.shape == (3, 5, 7, 7) and energy == pytest.approx(1.0)
+    np.testing.assert_allclose(
+        correlate_bank(z @ proj, wp), correlate_bank(z, w), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_low_rank_projection_keeps_a_low_rank_bank(rng):
+    # filters whose channels span 2 directions: rank 2 is exact, and keeps all the energy
+    basis = rng.normal(size=(2, 6))
+    w = np.einsum("fjab,jc->fcab", rng.normal(size=(4, 2, 5, 5)), basis).astype(np.float32)
+    z = rng.random((16, 18, 6)).astype(np.float32)
+    proj, wp, energy = channel_projection(w, 2)
+    assert proj.shape == (6, 2) and wp.shape == (4, 2, 5, 5)
+    assert energy == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(
+        correlate_bank(z @ proj, wp), correlate_bank(z, w), rtol=1e-3, atol=1e-3
+    )
+    _, _, e1 = channel_projection(w, 1)
+    assert 0 < e1 < 1
+
+
+def test_projection_rank_rule():
+    assert projection_rank(50, 20) == 20
+    assert projection_rank(50, 20, rank=8) == 8
+    assert projection_rank(50, 20, rank=40) == 20
+    assert projection_rank(50, 20, max_filter_channels=1000) == 20
+    assert projection_rank(80, 20, max_filter_channels=1000) == 12
+    assert projection_rank(80, 20, rank=6, max_filter_channels=1000) == 6
+    assert projection_rank(5000, 20, max_filter_channels=1000) == 1
+
+
+def test_projection_bad_input(rng):
+    w = rng.normal(size=(2, 3, 5, 5))
+    with pytest.raises(InputError, match="rank = 0"):
+        channel_projection(w, 0)
+    with pytest.raises(InputError, match="second_moment"):
+        channel_projection(w, 2, second_moment=np.eye(4))

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": ("mcf_fast.cli.seg", "predict", "Segment images with a fitted model."),
     "evaluate": ("mcf_fast.cli.evaluate", "evaluate", "Reproduce the paper's evaluation."),
     "slide": ("mcf_fast.cli.slide", "slide", "Run on a whole slide with dask."),
+    "warmup": ("mcf_fast.cli.warmup", "warmup", "Compile the numba kernels once after installing."),
 }
 
 

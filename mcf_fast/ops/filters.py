@@ -48,6 +48,8 @@ __all__ = [
     "centre_crop",
     "fold_filter",
     "resize_crop",
+    "channel_projection",
+    "projection_rank",
 ]
 
 #: version of the ``.npz`` bank file written by :meth:`FilterBank.save`
@@ -414,3 +416,99 @@ def correlation_filters(
         arr[i, :, o : o + p.shape[-1], o : o + p.shape[-1]] = p
     layout = (n_t, n_k, 1 if fold_crops else n_u)
     return arr, layout, gk
+
+
+def projection_rank(
+    n_filters: int, n_channels: int, *, rank: int = 0, max_filter_channels: int = 0
+) -> int:
+    """The number of feature channels the bank is correlated in (``n_channels``: no projection).
+
+    Parameters
+    ----------
+    n_filters, n_channels : int
+        F and C of the correlation filters.
+    rank : int
+        A fixed rank (0: all channels).
+    max_filter_channels : int
+        Bound on ``F * rank`` (0: none): with it, the rank is at most
+        ``max(1, max_filter_channels // F)``, so that the cached spectra and the channel sum
+        cost the same whatever the template count.
+
+    Returns
+    -------
+    int
+        In ``1 .. n_channels``.
+    """
+    r = n_channels if rank <= 0 else min(rank, n_channels)
+    if max_filter_channels > 0:
+        r = min(r, max(1, max_filter_channels // max(n_filters, 1)))
+    return int(r)
+
+
+def channel_projection(
+    filters: np.ndarray, rank: int, *, second_moment: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Project the feature channels of a bank onto ``rank`` shared directions.
+
+    The response ``R_f = sum_c Z_c (star) W_fc`` is linear in the channels, so a
+    ``C x C`` map ``M`` of rank ``r`` applied to the filters (``W_f -> M W_f``) is the same
+    as correlating ``r`` projected feature channels ``Z P`` with ``r`` projected filters.
+    ``M`` is chosen to keep the most response energy: with ``S`` the channels' second
+    moment (identity when not given), ``U_r`` the leading ``r`` left singular vectors of
+    ``S^(1/2) [W_1 ... W_F]`` (the filters as a ``C x (F f f)`` matrix),
+    ``P = S^(-1/2) U_r`` and the projected filters are ``V_f = U_r^T S^(1/2) W_f``.  With
+    ``r = C`` the result is the original correlation, up to rounding.
+
+    Parameters
+    ----------
+    filters : ndarray, shape (F, C, f, f)
+    rank : int
+        ``r``, in ``1 .. C``.
+    second_moment : ndarray, shape (C, C), optional
+        ``E[z z^T]`` of the features (symmetric, positive semi-definite); a small ridge
+        keeps its inverse square root finite.
+
+    Returns
+    -------
+    projection : ndarray, shape (C, r), float32
+        Features ``(H, W, C) @ projection`` give the ``r`` channels to correlate.
+    projected : ndarray, shape (F, r, f, f), float32
+    energy : float
+        The share in [0, 1] of ``||S^(1/2) W||^2`` the ``r`` directions keep.
+
+    Raises
+    ------
+    InputError
+        For a rank outside ``1 .. C`` or a second moment of the wrong shape.
+    """
+    w = np.asarray(filters, dtype=np.float64)
+    n_f, n_c = w.shape[:2]
+    if not 1 <= rank <= n_c:
+        raise InputError(f"rank = {rank}: expected 1 .. {n_c} (the feature channels)")
+    if second_moment is None:
+        half = inv_half = np.eye(n_c)
+    else:
+        s = np.asarray(second_moment, dtype=np.float64)
+        if s.shape != (n_c, n_c):
+            raise InputError(f"second_moment: expected shape ({n_c}, {n_c}), got {s.shape}")
+        s = 0.5 * (s + s.T)
+        vals, vecs = np.linalg.eigh(s)
+        vals = np.maximum(vals, 0.0) + 1e-6 * max(float(vals.max()), 1e-12)
+        half = (vecs * np.sqrt(vals)) @ vecs.T
+        inv_half = (vecs / np.sqrt(vals)) @ vecs.T
+    mat = np.moveaxis(w, 1, 0).reshape(n_c, -1)  # (C, F f f)
+    weighted = half @ mat
+    gram = weighted @ weighted.T
+    vals, vecs = np.linalg.eigh(gram)
+    order = np.argsort(vals)[::-1]
+    vals, vecs = np.maximum(vals[order], 0.0), vecs[:, order]
+    u = vecs[:, :rank]
+    u = u * np.where(u[np.argmax(np.abs(u), axis=0), np.arange(rank)] < 0, -1.0, 1.0)
+    projection = inv_half @ u
+    projected = np.einsum("cr,fcij->frij", half @ u, w)
+    energy = float(vals[:rank].sum() / max(vals.sum(), 1e-300))
+    return (
+        np.ascontiguousarray(projection, dtype=np.float32),
+        np.ascontiguousarray(projected, dtype=np.float32),
+        energy,
+    )

@@ -32,8 +32,10 @@ from mcf_fast.ops.correlation import SpectralBank, iter_correlate_batches
 from mcf_fast.ops.filters import (
     FilterBank,
     build_filter_bank,
+    channel_projection,
     correlation_filters,
     crop_sizes,
+    projection_rank,
     scale_sizes,
 )
 from mcf_fast.ops.fusion import normalise_response
@@ -184,6 +186,9 @@ class Detector:
         Side of the largest filter actually correlated with the image (with G and the
         crops folded in); ``max_filter_size // 2`` pixels of context make a tile's response
         exact away from the image edge.
+    projection_energy : float
+        With ``channel_rank`` or ``max_filter_channels`` in force, the share of the bank's
+        response energy the projected channels keep (1.0 without projection).
     """
 
     def __init__(
@@ -232,6 +237,16 @@ class Detector:
         self._layout = layout
         self._gk = gk
         self.max_filter_size = int(filters.shape[-1])
+        n_f, n_c = filters.shape[:2]
+        rank = projection_rank(
+            n_f, n_c, rank=cfg.channel_rank, max_filter_channels=cfg.max_filter_channels
+        )
+        self._projection: np.ndarray | None = None
+        self.projection_energy = 1.0
+        if rank < n_c:
+            self._projection, filters, self.projection_energy = channel_projection(
+                filters, rank, second_moment=self._template_moment()
+            )
         self._window = int(np.median(self.bank.sizes[:, self.bank.n_scales // 2]))
         if self.device == "cpu":
             self._engine = SpectralBank(
@@ -242,6 +257,17 @@ class Detector:
 
             self._engine = TorchCorrelator(filters, device=self.device)
         self._filters = filters
+
+    def _template_moment(self) -> np.ndarray:
+        """Second moment ``E[z z^T]`` (C, C) of the features over the template crops."""
+        rows = [
+            np.asarray(self._features(np.ascontiguousarray(c)), np.float64).reshape(
+                -1, self.bank.n_channels
+            )
+            for c in self.templates.crops()
+        ]
+        z = np.concatenate(rows)
+        return z.T @ z / max(len(z), 1)
 
     # ------------------------------------------------------------------ public API
     def features(self, image: np.ndarray) -> np.ndarray:
@@ -300,6 +326,14 @@ class Detector:
         -------
         ndarray, shape (H, W), float32
         """
+        if self._projection is not None:
+            z = np.asarray(features, dtype=np.float32)
+            if z.ndim != 3 or z.shape[2] != self._projection.shape[0]:
+                raise InputError(
+                    f"features: expected an (H, W, {self._projection.shape[0]}) array, "
+                    f"got shape {z.shape}"
+                )
+            features = z @ self._projection
         if self.device != "cpu":
             return self._engine.fused(features, self)
         cfg = self.config

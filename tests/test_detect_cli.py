@@ -48,6 +48,8 @@ def test_detect_folder_writes_all_outputs(workdir, capsys):
     with open(out / "a.csv", newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == ["y", "x", "score"] and len(rows) > 1
+    # pixel corners on integers: a detected centre pixel (r, c) is written (r + 0.5, c + 0.5)
+    assert all(float(r[0]) % 1 == 0.5 and float(r[1]) % 1 == 0.5 for r in rows[1:])
     pseudo = read_image(out / "a_pseudo.png")[:, :, 0]
     assert set(np.unique(pseudo)) <= {0, 128, 255}
     assert not list(out.glob(".*part*"))  # no temporary files left

@@ -299,6 +299,20 @@ def test_score_folder_uses_centres_csv(tmp_path):
     assert res["per_image"][0]["P@6"] == 1.0 and res["per_image"][0]["R@6"] == 0.5
 
 
+def test_score_folder_reads_centres_in_pixel_corners(tmp_path):
+    from scipy import ndimage as ndi
+
+    data, pred, labs = make_pair_folder(tmp_path, n=1)
+    lab = labs["im0"]
+    write_image(pred / "im0.png", lab)
+    ids = np.unique(lab[lab > 0])
+    cen = np.asarray(ndi.center_of_mass(np.ones(lab.shape), lab, ids)).reshape(-1, 2)
+    rows = "".join(f"{float(y) + 0.5!r},{float(x) + 0.5!r}\n" for y, x in cen)
+    (pred / "im0.csv").write_text("y,x\n" + rows)
+    res = M.score_folder(data, pred, radii=(0.01,))
+    assert res["per_image"][0]["F1@0.01"] == 1.0
+
+
 def test_score_folder_errors(tmp_path):
     data, pred, labs = make_pair_folder(tmp_path, n=1)
     with pytest.raises(DataError, match="no prediction for any"):

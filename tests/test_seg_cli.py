@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ import mcf_fast.pipeline.mcf as mcf_mod
 from mcf_fast import presets
 from mcf_fast.cli import main
 from mcf_fast.config import MCFConfig, SegmentationConfig
+from mcf_fast.io.export import CSV_COLUMNS
 from mcf_fast.io.images import read_image, read_labels, write_image
 from mcf_fast.pipeline.mcf import MCFModel
 
@@ -103,11 +105,28 @@ def test_fit_then_predict_writes_outputs(data, capsys):
     with open(out / "tile0.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 16
-    assert set(rows[0]) == {"label", "y", "x", "area", "mean_intensity"}
-    r = rows[0]
-    m = labels == int(r["label"])
-    assert int(r["area"]) == m.sum()
-    assert float(r["y"]) == pytest.approx(np.nonzero(m)[0].mean(), abs=0.01)
+    assert tuple(rows[0]) == CSV_COLUMNS  # the slide's nuclei.csv schema
+    for r in rows:
+        m = labels == int(r["id"])
+        assert float(r["area_px"]) == m.sum()
+        # pixel corners on integers: the centre of pixel (r, c) is (r + 0.5, c + 0.5)
+        assert float(r["y"]) == pytest.approx(np.nonzero(m)[0].mean() + 0.5, abs=1e-4)
+        assert float(r["x"]) == pytest.approx(np.nonzero(m)[1].mean() + 0.5, abs=1e-4)
+        assert 0.5 < float(r["mean_probability"]) <= 1.0
+        assert 0 <= float(r["eccentricity"]) < 0.5  # disks
+        assert 0.9 < float(r["solidity"]) <= 1.0
+        assert float(r["mean_od_h"]) > 0 and r["area_um2"] == ""  # no --mpp
+    doc = json.loads((out / "tile0.geojson").read_text())
+    assert len(doc["features"]) == 16
+    f = doc["features"][0]
+    assert f["properties"]["objectType"] == "detection"
+    m = labels == f["properties"]["mcf_id"]
+    ring = np.asarray(f["geometry"]["coordinates"][0])
+    # the outline runs between pixel centres: its box is the pixels' box in corner terms
+    ys, xs = np.nonzero(m)
+    assert ring[:, 0].min() == xs.min() and ring[:, 0].max() == xs.max() + 1
+    assert ring[:, 1].min() == ys.min() and ring[:, 1].max() == ys.max() + 1
+    assert f["properties"]["measurements"]["Area px"] == m.sum()
     overlay = read_image(out / "tile0_overlay.png")
     assert overlay.shape == (96, 96, 3)
     assert np.any(np.all(overlay == (0, 255, 0), axis=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -18,6 +19,7 @@ from test_tiling import synthetic_tissue
 
 from mcf_fast.cli import main
 from mcf_fast.errors import ConfigError
+from mcf_fast.io.export import CSV_COLUMNS
 from mcf_fast.io.tiling import tile_grid
 from mcf_fast.pipeline.slide import BlobPredictor, predict_tiled, run_slide
 
@@ -676,6 +678,45 @@ def test_slide_run_calibrates_a_bundle_once_for_every_tile(tiny_fit, tiny_bundle
     assert report.n_nuclei == len(ids)
 
 
+def test_bundle_slide_tables_parquet_gzip_and_the_id_formula(tiny_fit, tiny_bundle, tmp_path):
+    """Every CSV row satisfies the documented id formula (model centres are centroids, not
+    whole pixels); Parquet holds the CSV's rows; the gzip GeoJSON the same features."""
+    import gzip
+
+    pq = pytest.importorskip("pyarrow.parquet")
+    img = _tinted(np.concatenate([tiny_fit[4], tiny_fit[4]], axis=1))  # 96 x 192
+    out = tmp_path / "run"
+    report = run_slide(
+        img,
+        tiny_bundle,
+        out,
+        tile=48,
+        workers=0,
+        progress=False,
+        skip_background=False,
+        parquet=True,
+        gzip_geojson=True,
+    )
+    assert report.complete and report.n_nuclei >= 20
+    with open(out / "nuclei.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    ids = np.array([int(r["id"]) for r in rows])
+    y = np.array([float(r["y"]) for r in rows])
+    x = np.array([float(r["x"]) for r in rows])
+    assert np.any((y % 1 != 0.5) | (x % 1 != 0.5))  # centroids, not pixel centres
+    np.testing.assert_array_equal(ids, np.floor(y) * img.shape[1] + np.floor(x) + 1)
+    prob = np.array([float(r["mean_probability"]) for r in rows])
+    assert np.all((prob > 0.3) & (prob <= 1))
+    table = pq.read_table(out / "nuclei.parquet")
+    assert table.column_names == list(CSV_COLUMNS)
+    np.testing.assert_array_equal(table.column("id").to_numpy(), ids)
+    np.testing.assert_allclose(table.column("y").to_numpy(), y, rtol=1e-5)
+    assert not (out / "nuclei.geojson").exists()
+    with gzip.open(out / "nuclei.geojson.gz", "rt") as fh:
+        doc = json.load(fh)
+    assert [f["properties"]["mcf_id"] for f in doc["features"]] == ids.tolist()
+
+
 def test_calibrated_bundle_on_a_local_cluster_matches_the_in_process_run(
     client, tiny_fit, tiny_bundle, tmp_path
 ):
@@ -748,7 +789,8 @@ def test_bundle_slide_run_equals_the_whole_image(tiny_fit, tiny_bundle, tmp_path
     ids = rows[:, 0].astype(np.int64)
     tiled_centres = rows[:, 1:] - 0.5  # the CSV gives pixel-corner coordinates
     assert len(centres) >= 500 and len(ids) == len(centres)
-    assert np.array_equal(id_to_yx(ids, img.shape[1]), np.floor(tiled_centres).astype(np.int64))
+    # the documented formula: floor of the CSV's pixel-corner coordinates
+    assert np.array_equal(id_to_yx(ids, img.shape[1]), np.floor(rows[:, 1:]).astype(np.int64))
     j, dist = _match(centres, tiled_centres, 1.0)
     back, _ = _match(tiled_centres, centres, 1.0)
     assert (j >= 0).all() and (back >= 0).all() and len(np.unique(j)) == len(j)

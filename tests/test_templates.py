@@ -131,7 +131,8 @@ def test_unknown_version_and_bad_files(tmp_path):
 def test_read_points_csv(tmp_path):
     p = tmp_path / "p.csv"
     p.write_text("id,X,Y\n1,3.5,2\n2,10,20\n")
-    np.testing.assert_array_equal(read_points_csv(p), [[2, 3.5], [20, 10]])
+    # pixel corners on integers, as every CSV mcf writes: 0.5 off to pixel-index
+    np.testing.assert_array_equal(read_points_csv(p), [[1.5, 3.0], [19.5, 9.5]])
     p.write_text("y,x\n")
     assert read_points_csv(p).shape == (0, 2)
     p.write_text("1,2\n3,4\n")

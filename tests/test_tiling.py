@@ -22,6 +22,7 @@ from mcf_fast.io.export import (
 )
 from mcf_fast.io.tiling import (
     associate,
+    centre_pixel,
     id_to_yx,
     instance_ids,
     owned,
@@ -75,8 +76,9 @@ def test_cores_partition_and_reads_contain_cores(H, W, tile, margin):
 @given(data=st.data(), H=st.integers(16, 200), W=st.integers(16, 200), tile=st.integers(16, 64))
 def test_every_centre_has_exactly_one_owner(data, H, W, tile):
     n = data.draw(st.integers(0, 30))
-    ys = data.draw(st.lists(st.floats(0, H, exclude_max=True), min_size=n, max_size=n))
-    xs = data.draw(st.lists(st.floats(0, W, exclude_max=True), min_size=n, max_size=n))
+    # pixel-index coordinates: the image covers [-0.5, H - 0.5) x [-0.5, W - 0.5)
+    ys = data.draw(st.lists(st.floats(-0.5, H - 0.5, exclude_max=True), min_size=n, max_size=n))
+    xs = data.draw(st.lists(st.floats(-0.5, W - 0.5, exclude_max=True), min_size=n, max_size=n))
     c = np.stack([np.asarray(ys, float), np.asarray(xs, float)], axis=1).reshape(-1, 2)
     count = sum(owned(c, t.core).astype(int) for t in tile_grid((H, W), tile=tile, margin=5))
     assert np.all(count == 1)
@@ -92,10 +94,14 @@ def test_grid_rejects_bad_arguments():
 
 
 def test_ids_encode_the_centre_pixel():
-    c = np.array([[0.2, 0.9], [5.5, 7.0], [99.99, 149.0]])
+    # pixel (r, c) holds the pixel-index points within half a pixel of (r, c)
+    c = np.array([[0.2, 0.4], [5.49, 7.0], [4.5, 6.6], [99.4, 148.51], [-0.5, -0.2]])
     ids = instance_ids(c, 150)
-    np.testing.assert_array_equal(ids, [1, 5 * 150 + 7 + 1, 99 * 150 + 149 + 1])
-    np.testing.assert_array_equal(id_to_yx(ids, 150), np.floor(c).astype(np.int64))
+    np.testing.assert_array_equal(ids, [1, 5 * 150 + 7 + 1, 5 * 150 + 7 + 1, 99 * 150 + 149 + 1, 1])
+    np.testing.assert_array_equal(id_to_yx(ids, 150), centre_pixel(c))
+    # the formula the docs give, on the pixel-corner coordinates of the CSV and GeoJSON
+    corner = c + 0.5
+    np.testing.assert_array_equal(ids, np.floor(corner[:, 0]) * 150 + np.floor(corner[:, 1]) + 1)
 
 
 # ------------------------------------------------------------------------- pairing labels
@@ -318,8 +324,10 @@ def test_measure_nuclei_outlines_and_measurements():
         slide_shape=(1000, 1000),
         read_box=(100, 200, 130, 240),
     )
-    np.testing.assert_array_equal(t["area_px"], [25, 40])
+    # px measurements are level-0 pixels, like the coordinates (downsample 2: 4 per pixel)
+    np.testing.assert_array_equal(t["area_px"], [100, 160])
     np.testing.assert_allclose(t["area_um2"], [25 * 0.25, 40 * 0.25])
+    np.testing.assert_allclose(t["perimeter_um"], t["perimeter_px"] / 2 * 0.5)
     np.testing.assert_array_equal(t["clipped"], [False, True])
     np.testing.assert_allclose(t["y"], [(107 + 0.5) * 2, (125 + 0.5) * 2])
     np.testing.assert_allclose(t["centroid_x"][0], (207 + 0.5) * 2)
@@ -339,6 +347,49 @@ def test_measure_nuclei_outlines_and_measurements():
         origin=(0, 0),
     )
     assert len(empty["id"]) == 0 and empty["poly_offsets"].tolist() == [0]
+
+
+def test_shape_stain_and_probability_measurements_match_references():
+    from skimage.color import hed_from_rgb
+    from skimage.draw import ellipse
+    from skimage.measure import regionprops
+
+    lab = np.zeros((60, 80), np.int32)
+    rr, cc = ellipse(20, 20, 6, 12, shape=lab.shape, rotation=0.4)
+    lab[rr, cc] = 1
+    lab[35:55, 40:44] = 2  # a bar
+    lab[35:55, 44:60] = 0
+    lab[35:39, 44:60] = 3  # with the next one, an L: not convex
+    lab[35:55, 56:60] = 3
+    lab[10, 70] = 4  # one pixel
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (60, 80, 3)).astype(np.uint8)
+    prob = rng.random((60, 80)).astype(np.float32)
+    cen = np.array([[20.0, 20.0], [45, 41.5], [40, 55], [10, 70]])
+    t = measure_nuclei(
+        lab, rgb, ids=np.arange(1, 5), centres=cen, origin=(0, 0), mpp=0.25, probability=prob
+    )
+    for j, rp in enumerate(regionprops(lab)):
+        m = lab == rp.label
+        assert t["major_axis_px"][j] == pytest.approx(rp.axis_major_length, rel=1e-9, abs=1e-9)
+        assert t["minor_axis_px"][j] == pytest.approx(rp.axis_minor_length, rel=1e-9, abs=1e-9)
+        assert t["eccentricity"][j] == pytest.approx(rp.eccentricity, abs=1e-9)
+        assert t["mean_probability"][j] == pytest.approx(prob[m].mean(), rel=1e-6)
+        od = -np.log10((rgb[m].astype(np.float64) + 1) / 256)
+        hed = od @ hed_from_rgb
+        assert t["mean_od_h"][j] == pytest.approx(hed[:, 0].mean())
+        assert t["mean_od_e"][j] == pytest.approx(hed[:, 1].mean())
+    assert t["major_axis_um"][0] == pytest.approx(t["major_axis_px"][0] * 0.25)
+    assert t["eccentricity"][3] == 0 and t["major_axis_px"][3] == 0
+    # convex nuclei have solidity 1; the L is far from it
+    assert t["solidity"][1] == pytest.approx(1.0) and t["solidity"][0] > 0.93
+    assert 0.3 < t["solidity"][2] < 0.7
+    no_prob = measure_nuclei(lab, rgb, ids=np.arange(1, 5), centres=cen, origin=(0, 0))
+    assert np.isnan(no_prob["mean_probability"]).all() and np.isnan(no_prob["area_um2"]).all()
+    with pytest.raises(InputError, match="probability"):
+        measure_nuclei(
+            lab, rgb, ids=np.arange(1, 5), centres=cen, origin=(0, 0), probability=prob[:5]
+        )
 
 
 def test_geojson_csv_and_overlay_writers(tmp_path):

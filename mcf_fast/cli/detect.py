@@ -2,7 +2,8 @@
 
 Per image ``<name>``, in the output folder (each file written atomically):
 
-- ``<name>.csv``: one row per nucleus, header ``y,x,score`` (score = normalised response);
+- ``<name>.csv``: one row per nucleus, header ``y,x,score`` (score = normalised response;
+  y, x in pixel corners: the centre of pixel (r, c) is (r + 0.5, c + 0.5));
 - ``<name>_response.png``: the fused, normalised response S~ as 8-bit gray;
 - ``<name>_pseudo.png``: the pseudo mask, 0 unknown, 128 background, 255 nucleus;
 - ``<name>_overlay.png``: the image with the centres as green dots and the nucleus
@@ -37,7 +38,7 @@ def write_outputs(out_dir: Path, name: str, image: np.ndarray, result) -> list[P
             w = csv.writer(fh)
             w.writerow(["y", "x", "score"])
             for (y, x), s in zip(result.centres.tolist(), result.scores.tolist(), strict=True):
-                w.writerow([y, x, f"{s:.4f}"])
+                w.writerow([y + 0.5, x + 0.5, f"{s:.4f}"])  # pixel corners
     paths.append(csv_path)
     resp = np.clip(np.rint(result.response * 255.0), 0, 255).astype(np.uint8)
     paths.append(write_image(out_dir / f"{name}_response.png", resp))

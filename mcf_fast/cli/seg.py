@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from pathlib import Path
 
@@ -11,10 +10,10 @@ import numpy as np
 
 from mcf_fast.cli.common import check_images, collect_images, raise_failures, run_batch
 from mcf_fast.errors import InputError
-from mcf_fast.io.images import atomic_path, read_image, write_image
+from mcf_fast.io.images import read_image, write_image
 from mcf_fast.presets import PRESETS
 
-__all__ = ["collect_images", "fit", "predict", "write_prediction"]
+__all__ = ["collect_images", "fit", "predict", "prediction_table", "write_prediction"]
 
 
 def _set_threads(threads: int | None) -> None:
@@ -156,38 +155,89 @@ def fit(
     )
 
 
-def write_prediction(out_dir: Path, name: str, image: np.ndarray, pred) -> list[Path]:
-    """Write ``<name>.png`` (labels), ``<name>.csv`` (table) and ``<name>_overlay.png``.
+def prediction_table(image: np.ndarray, pred, *, mpp: float | None = None) -> dict:
+    """The nucleus table of a prediction, in the slide's schema (``nuclei.csv``).
 
-    Labels go to a 16-bit PNG; beyond 65535 nuclei to ``<name>.tif`` (32-bit) instead.
+    ``id`` is the nucleus' value in the label image; ``y, x`` are its centre (the centroid
+    of its pixels), ``tile`` is 0.  Coordinates in pixel corners (see docs/formats.md).
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W, 3), uint8
+        The image the prediction was made on.
+    pred : Prediction
+        From :meth:`~mcf_fast.pipeline.mcf.MCFModel.predict`.
+    mpp : float, optional
+        Microns per pixel of the image, for the µm columns (empty without it).
+
+    Returns
+    -------
+    dict of ndarray
+        As :func:`~mcf_fast.io.export.measure_nuclei`.
+    """
+    from mcf_fast.io.export import measure_nuclei
+
+    labels = np.asarray(pred.labels)
+    ids = np.unique(labels)
+    ids = ids[ids > 0].astype(np.int64)
+    compact = np.searchsorted(ids, labels) + 1
+    compact[labels <= 0] = 0
+    centres = np.asarray(pred.centres, np.float64).reshape(-1, 2)
+    if len(centres) != len(ids):  # centres follow the table; recompute when they do not
+        from mcf_fast.pipeline.instances import nucleus_table
+
+        t = nucleus_table(labels)
+        centres = np.stack([t["y"], t["x"]], axis=1) if len(t) else np.zeros((0, 2))
+    prob = getattr(pred, "probability", None)
+    if prob is not None and np.shape(prob) != labels.shape:
+        prob = None
+    return measure_nuclei(
+        compact.astype(np.int32),
+        np.asarray(image)[:, :, :3],
+        ids=ids,
+        centres=centres,
+        origin=(0, 0),
+        mpp=mpp,
+        probability=prob,
+    )
+
+
+def write_prediction(
+    out_dir: Path,
+    name: str,
+    image: np.ndarray,
+    pred,
+    *,
+    mpp: float | None = None,
+    gzip_geojson: bool = False,
+) -> list[Path]:
+    """Write the label image, ``<name>.csv``, ``<name>.geojson`` and ``<name>_overlay.png``.
+
+    Labels go to a 16-bit ``<name>.png``; beyond 65535 nuclei to ``<name>.tif`` (32-bit)
+    instead.  The CSV has the columns of a slide's ``nuclei.csv``
+    (:data:`~mcf_fast.io.export.CSV_COLUMNS`) and the GeoJSON holds QuPath detections in
+    the slide's schema (``<name>.geojson.gz`` with ``gzip_geojson``).
     """
     from skimage.segmentation import find_boundaries
 
+    from mcf_fast.io.export import concat_csv, csv_fragment, iter_features, write_geojson
+
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = pred.labels
+    table = prediction_table(image, pred, mpp=mpp)
     if labels.max(initial=0) <= np.iinfo(np.uint16).max:
         lpath = write_image(out_dir / f"{name}.png", labels.astype(np.uint16))
     else:
         lpath = write_image(out_dir / f"{name}.tif", labels.astype(np.uint32))
     cpath = out_dir / f"{name}.csv"
-    with atomic_path(cpath) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["label", "y", "x", "area", "mean_intensity"])
-        for row in pred.table:
-            w.writerow(
-                [
-                    int(row["label"]),
-                    f"{row['y']:.2f}",
-                    f"{row['x']:.2f}",
-                    int(row["area"]),
-                    f"{row['mean_intensity']:.2f}",
-                ]
-            )
+    concat_csv(cpath, [csv_fragment(0, table)])
+    gpath = out_dir / (f"{name}.geojson.gz" if gzip_geojson else f"{name}.geojson")
+    write_geojson(gpath, iter_features(table))
     overlay = np.array(image, copy=True)
     edge = find_boundaries(labels, mode="inner")
     overlay[edge] = (0, 255, 0)
     opath = write_image(out_dir / f"{name}_overlay.png", overlay)
-    return [lpath, cpath, opath]
+    return [lpath, cpath, gpath, opath]
 
 
 @click.command("predict", context_settings={"help_option_names": ["-h", "--help"]})
@@ -213,6 +263,13 @@ def write_prediction(out_dir: Path, name: str, image: np.ndarray, pred) -> list[
     default=None,
     help="Test-time flips (default: as the model was configured).",
 )
+@click.option(
+    "--mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Microns per pixel of the images (for the µm measurements).",
+)
+@click.option("--gzip", "gzip_geojson", is_flag=True, help="Write <name>.geojson.gz (gzip).")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option(
     "--resume",
@@ -220,14 +277,19 @@ def write_prediction(out_dir: Path, name: str, image: np.ndarray, pred) -> list[
     help="Skip images whose outputs in --out are complete, from the same input and model.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def predict(images, model_path, out, device, flips, threads, resume, quiet) -> None:
+def predict(
+    images, model_path, out, device, flips, mpp, gzip_geojson, threads, resume, quiet
+) -> None:
     """Segment IMAGES (files or folders) with a fitted model.
 
     For each image writes OUT/<name>.png (16-bit instance labels, 0 = background),
-    OUT/<name>.csv (label, y, x, area, mean intensity per nucleus) and
-    OUT/<name>_overlay.png (nucleus outlines on the image).  Each image's files appear
-    together once all are written.  An image that cannot be read is reported and the
-    others are processed; the command then exits with status 1, naming every bad file.
+    OUT/<name>.csv (one row per nucleus: centre, area, perimeter, shape, colour, stain
+    optical densities, mean probability; the columns of a slide's nuclei.csv),
+    OUT/<name>.geojson (QuPath detections with outlines and the same measurements) and
+    OUT/<name>_overlay.png (nucleus outlines on the image).  Coordinates in the CSV and
+    GeoJSON have pixel corners on integers (QuPath's convention).  Each image's files
+    appear together once all are written.  An image that cannot be read is reported and
+    the others are processed; the command then exits with status 1, naming every bad file.
     """
     from mcf_fast.io.outputs import OutputFolder, file_digest
     from mcf_fast.pipeline.mcf import MCFModel
@@ -235,7 +297,13 @@ def predict(images, model_path, out, device, flips, threads, resume, quiet) -> N
     _check_device(device)
     _set_threads(threads)
     paths = collect_images(images)
-    settings = {"command": "predict", "model": file_digest(model_path), "flips": flips}
+    settings = {
+        "command": "predict",
+        "model": file_digest(model_path),
+        "flips": flips,
+        "mpp": mpp,
+        "gzip": gzip_geojson,
+    }
     with OutputFolder(out, settings=settings) as folder:
         model = MCFModel.load(model_path, device=device)
         if flips is not None:
@@ -250,7 +318,13 @@ def predict(images, model_path, out, device, flips, threads, resume, quiet) -> N
                 return
             image = read_image(p)
             pred = model.predict(image)
-            folder.write_set(p.stem, p, lambda d: write_prediction(d, p.stem, image, pred))
+            folder.write_set(
+                p.stem,
+                p,
+                lambda d: write_prediction(
+                    d, p.stem, image, pred, mpp=mpp, gzip_geojson=gzip_geojson
+                ),
+            )
             total += len(pred.table)
 
         failed = run_batch(paths, one, desc="predict", quiet=quiet)

@@ -76,6 +76,10 @@ from mcf_fast.errors import McfError
     type=click.Choice(["auto", "tiffslide", "openslide"]),
     help="Whole-slide reader.",
 )
+@click.option(
+    "--parquet", is_flag=True, help="Also write nuclei.parquet (the table; needs pyarrow)."
+)
+@click.option("--gzip", "gzip_geojson", is_flag=True, help="Write nuclei.geojson.gz (gzip).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def slide(
     slide_path: str,
@@ -89,6 +93,8 @@ def slide(
     level: int,
     all_tiles: bool,
     backend: str,
+    parquet: bool,
+    gzip_geojson: bool,
     quiet: bool,
 ) -> None:
     """Find and outline the nuclei of a whole SLIDE, tile by tile, on dask.
@@ -115,6 +121,8 @@ def slide(
         scheduler=scheduler,
         skip_background=not all_tiles,
         progress=not quiet,
+        parquet=parquet,
+        gzip_geojson=gzip_geojson,
     )
     click.echo(
         f"{report.slide}: {report.n_nuclei} nuclei in {report.n_tissue} tissue tiles of "

@@ -13,6 +13,7 @@ processed; the Zarr labels keep the processed level's grid.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -34,6 +35,8 @@ __all__ = [
     "write_geojson",
     "CSV_COLUMNS",
     "write_csv",
+    "write_parquet",
+    "parquet_available",
     "csv_fragment",
     "geojson_fragment",
     "concat_csv",
@@ -53,14 +56,48 @@ CSV_COLUMNS = (
     "centroid_x",
     "area_px",
     "area_um2",
+    "perimeter_px",
     "perimeter_um",
+    "major_axis_px",
+    "minor_axis_px",
+    "major_axis_um",
+    "minor_axis_um",
+    "eccentricity",
+    "solidity",
     "mean_r",
     "mean_g",
     "mean_b",
+    "mean_od_h",
+    "mean_od_e",
+    "mean_probability",
     "clipped",
 )
 
 NucleusTable = dict[str, np.ndarray]
+
+#: GeoJSON ``measurements`` names (as QuPath shows them) and the table columns they hold
+MEASUREMENTS = (
+    ("Centre x", "x"),
+    ("Centre y", "y"),
+    ("Centroid x", "centroid_x"),
+    ("Centroid y", "centroid_y"),
+    ("Area px", "area_px"),
+    ("Area um^2", "area_um2"),
+    ("Perimeter px", "perimeter_px"),
+    ("Perimeter um", "perimeter_um"),
+    ("Major axis px", "major_axis_px"),
+    ("Minor axis px", "minor_axis_px"),
+    ("Major axis um", "major_axis_um"),
+    ("Minor axis um", "minor_axis_um"),
+    ("Eccentricity", "eccentricity"),
+    ("Solidity", "solidity"),
+    ("Mean R", "mean_r"),
+    ("Mean G", "mean_g"),
+    ("Mean B", "mean_b"),
+    ("Hematoxylin OD mean", "mean_od_h"),
+    ("Eosin OD mean", "mean_od_e"),
+    ("Probability mean", "mean_probability"),
+)
 
 
 def measure_nuclei(
@@ -74,8 +111,9 @@ def measure_nuclei(
     mpp: float | None = None,
     slide_shape: tuple[int, int] | None = None,
     read_box: tuple[int, int, int, int] | None = None,
+    probability: np.ndarray | None = None,
 ) -> NucleusTable:
-    """Measurements and outline polygons of the nuclei of one tile.
+    """Measurements and outline polygons of the nuclei of one tile (or one whole image).
 
     Parameters
     ----------
@@ -86,28 +124,46 @@ def measure_nuclei(
     ids : ndarray, shape (n,), int64
         Slide-wide ids.
     centres : ndarray, shape (n, 2)
-        Detected centres (y, x), slide-level coordinates.
+        Detected centres (y, x), pixel-index coordinates of the processed level.
     origin : tuple of int
         Slide-level (y, x) of ``labels[0, 0]``.
     downsample : float
-        Level-0 pixels per level pixel; outputs are scaled to level 0.
+        Level-0 pixels per level pixel; coordinates and lengths are scaled to level 0.
     mpp : float, optional
         Microns per pixel at the processed level (for the µm measurements; NaN without it).
     slide_shape, read_box : optional
         The level's (H, W) and the tile's read box; a nucleus touching a read-box edge that
         is not a slide edge is flagged ``clipped`` (its outline may be cut by the tile).
+    probability : ndarray, shape (h, w), optional
+        Nucleus probability of each pixel (``mean_probability``; NaN without it).
 
     Returns
     -------
     dict of ndarray
-        ``id, y, x, centroid_y, centroid_x, area_px, area_um2, perimeter_um, mean_r,
-        mean_g, mean_b, clipped`` (one entry per nucleus, level-0 coordinates) and the
-        outlines as ``poly_xy`` (M, 2) float64 level-0 (x, y) vertices with ``poly_offsets``
-        (n + 1,) so that ring ``j`` is ``poly_xy[poly_offsets[j]:poly_offsets[j + 1]]``
-        (closed: first vertex repeated at the end).  Outlines are the exact pixel
-        boundaries traced at half-pixel resolution, with collinear vertices removed.
+        One entry per nucleus for each of :data:`CSV_COLUMNS` but ``tile`` (coordinates in
+        level-0 pixels with pixel corners on integers, see the module docstring; ``*_px``
+        lengths and areas in level-0 pixels), and the outlines as ``poly_xy`` (M, 2) float64
+        level-0 (x, y) vertices with ``poly_offsets`` (n + 1,) so that ring ``j`` is
+        ``poly_xy[poly_offsets[j]:poly_offsets[j + 1]]`` (closed: first vertex repeated at
+        the end).  Outlines run through the midpoints between pixel centres (the 0.5
+        iso-line of the nucleus' mask), with collinear vertices removed.
+
+        Shape: ``major_axis`` and ``minor_axis`` are the lengths of the ellipse with the
+        same second moments as the nucleus' pixels (4 sqrt of the eigenvalues of their
+        covariance, as scikit-image's ``regionprops``); ``eccentricity`` is that ellipse's,
+        ``sqrt(1 - minor^2 / major^2)`` (0 for a disk or a single pixel); ``solidity`` is
+        the outline polygon's area over the area of its convex hull (1 for a convex
+        nucleus).  Stain: ``mean_od_h`` and ``mean_od_e`` are the mean hematoxylin and
+        eosin optical densities (base-10 OD of ``(I + 1) / 256`` per channel, unmixed with
+        the Ruifrok-Johnston H&E-DAB vectors of :data:`skimage.color.hed_from_rgb`).
+
+    Raises
+    ------
+    InputError
+        If ``centres`` does not have one row per id or ``probability`` has another shape.
     """
     from scipy import ndimage as ndi
+    from skimage.color import hed_from_rgb
     from skimage.measure import find_contours
 
     lab = np.asarray(labels)
@@ -117,34 +173,48 @@ def measure_nuclei(
     if cen.shape[0] != n:
         raise InputError(f"centres: expected {n} rows, got {cen.shape[0]}")
     h, w = lab.shape
+    if probability is not None and np.shape(probability) != (h, w):
+        raise InputError(
+            f"probability: shape {np.shape(probability)} does not match labels {lab.shape}"
+        )
     oy, ox = origin
-    boxes = ndi.find_objects(lab.astype(np.int32, copy=False), max_label=n) if n else []
-    idx = np.arange(1, n + 1)
-    area = (
-        np.bincount(lab.ravel(), minlength=n + 1)[1 : n + 1].astype(np.float64)
-        if n
-        else np.zeros(0)
-    )
+    lab32 = lab.astype(np.int32, copy=False)
+    boxes = ndi.find_objects(lab32, max_label=n) if n else []
+    moments = _moments(lab32, n)
+    area = moments[0]
+    safe = np.maximum(area, 1.0)
+    com = np.stack([moments[1] / safe, moments[2] / safe], axis=1)
+    major, minor, ecc = _ellipse(moments)
+
+    def mean_of(values: np.ndarray) -> np.ndarray:
+        sums = np.bincount(lab32.ravel(), weights=values.ravel(), minlength=n + 1)[1 : n + 1]
+        return np.where(area > 0, sums / safe, np.nan)
+
+    means = [mean_of(rgb[:, :, ch].astype(np.float64)) for ch in range(3)] if n else []
     if n:
-        com = np.asarray(ndi.center_of_mass(np.ones((h, w)), lab, idx), dtype=np.float64)
-        com = com.reshape(n, 2)
-        means = [
-            np.asarray(ndi.mean(rgb[:, :, ch].astype(np.float64), lab, idx)) for ch in range(3)
-        ]
+        od = -np.log10((rgb[:, :, :3].astype(np.float64) + 1.0) / 256.0)
+        hed = od @ hed_from_rgb
+        od_h, od_e = mean_of(hed[:, :, 0]), mean_of(hed[:, :, 1])
+        prob = (
+            mean_of(np.asarray(probability, np.float64))
+            if probability is not None
+            else np.full(n, np.nan)
+        )
     else:
-        com = np.zeros((0, 2))
         means = [np.zeros(0)] * 3
+        od_h = od_e = prob = np.zeros(0)
     edges = np.zeros(4, bool)  # top, left, bottom, right read edges inside the slide
     if read_box is not None and slide_shape is not None:
         ry0, rx0, ry1, rx1 = read_box
         edges[:] = (ry0 > 0, rx0 > 0, ry1 < slide_shape[0], rx1 < slide_shape[1])
     clipped = np.zeros(n, bool)
     perim = np.zeros(n)
+    solidity = np.ones(n)
     rings: list[np.ndarray] = []
     for j in range(n):
         box = boxes[j] if j < len(boxes) else None
         if box is None:  # an id with no pixels: outline the centre pixel
-            cy, cx = np.floor(cen[j]) - (oy, ox)
+            cy, cx = np.floor(cen[j] + 0.5) - (oy, ox)
             ring = np.array(
                 [[cy, cx], [cy, cx + 1], [cy + 1, cx + 1], [cy + 1, cx], [cy, cx]], dtype=np.float64
             )
@@ -166,6 +236,7 @@ def measure_nuclei(
                 ring = np.vstack([ring, ring[:1]])
         seg = np.diff(ring, axis=0)
         perim[j] = float(np.hypot(seg[:, 0], seg[:, 1]).sum()) if len(seg) else 0.0
+        solidity[j] = _solidity(ring)
         rings.append(ring)
     offsets = np.zeros(n + 1, np.int64)
     offsets[1:] = np.cumsum([len(r) for r in rings]) if n else []
@@ -179,16 +250,96 @@ def measure_nuclei(
         "x": (cen[:, 1] + 0.5) * ds,
         "centroid_y": (com[:, 0] + oy + 0.5) * ds,
         "centroid_x": (com[:, 1] + ox + 0.5) * ds,
-        "area_px": area,
+        "area_px": area * ds * ds,
         "area_um2": area * m * m,
+        "perimeter_px": perim * ds,
         "perimeter_um": perim * m,
+        "major_axis_px": major * ds,
+        "minor_axis_px": minor * ds,
+        "major_axis_um": major * m,
+        "minor_axis_um": minor * m,
+        "eccentricity": ecc,
+        "solidity": solidity,
         "mean_r": means[0],
         "mean_g": means[1],
         "mean_b": means[2],
+        "mean_od_h": od_h,
+        "mean_od_e": od_e,
+        "mean_probability": prob,
         "clipped": clipped,
         "poly_xy": np.ascontiguousarray(xy, dtype=np.float64),
         "poly_offsets": offsets,
     }
+
+
+def _moments(lab: np.ndarray, n: int) -> np.ndarray:
+    """Raw moments (count, sum y, sum x, sum yy, sum xx, sum xy) of labels 1..n, (6, n)."""
+    out = np.zeros((6, n))
+    if n == 0:
+        return out
+    flat = lab.ravel()
+    keep = flat > 0
+    lk = flat[keep]
+    yy, xx = np.nonzero(lab > 0)  # C order, as flat[keep]
+    y = yy.astype(np.float64)
+    x = xx.astype(np.float64)
+    for k, wts in enumerate((None, y, x, y * y, x * x, y * x)):
+        out[k] = np.bincount(lk, weights=wts, minlength=n + 1)[1 : n + 1]
+    return out
+
+
+def _ellipse(moments: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Major and minor axis lengths and eccentricity of the moment ellipses."""
+    m0, sy, sx, syy, sxx, sxy = moments
+    safe = np.maximum(m0, 1.0)
+    cy, cx = sy / safe, sx / safe
+    vyy = np.maximum(syy / safe - cy * cy, 0.0)
+    vxx = np.maximum(sxx / safe - cx * cx, 0.0)
+    vxy = sxy / safe - cy * cx
+    half = (vyy + vxx) / 2.0
+    root = np.sqrt(((vyy - vxx) / 2.0) ** 2 + vxy * vxy)
+    l1 = half + root
+    l2 = np.maximum(half - root, 0.0)
+    major = 4.0 * np.sqrt(l1)
+    minor = 4.0 * np.sqrt(l2)
+    ecc = np.where(l1 > 0, np.sqrt(np.clip(1.0 - l2 / np.where(l1 > 0, l1, 1.0), 0.0, 1.0)), 0.0)
+    return major, minor, ecc
+
+
+def _polygon_area(ring: np.ndarray) -> float:
+    """Unsigned shoelace area of a ring of (y, x) vertices (closed or not)."""
+    if len(ring) < 3:
+        return 0.0
+    y, x = ring[:, 0], ring[:, 1]
+    return abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))) / 2.0
+
+
+def _convex_hull(points: np.ndarray) -> np.ndarray:
+    """Convex hull (Andrew's monotone chain) of 2-D points, counter-clockwise, not closed."""
+    pts = sorted({(float(a), float(b)) for a, b in points})
+    if len(pts) < 3:
+        return np.asarray(pts, np.float64).reshape(-1, 2)
+
+    def half(seq):
+        chain: list[tuple[float, float]] = []
+        for p in seq:
+            while len(chain) >= 2:
+                (ay, ax), (by, bx) = chain[-2], chain[-1]
+                if (by - ay) * (p[1] - ax) - (bx - ax) * (p[0] - ay) > 1e-12:
+                    break
+                chain.pop()
+            chain.append(p)
+        return chain
+
+    lower, upper = half(pts), half(reversed(pts))
+    return np.asarray(lower[:-1] + upper[:-1], np.float64)
+
+
+def _solidity(ring: np.ndarray) -> float:
+    """Area of a ring over the area of its convex hull (1 when degenerate)."""
+    area = _polygon_area(ring)
+    hull = _polygon_area(_convex_hull(ring)) if len(ring) >= 3 else 0.0
+    return area / hull if hull > 0 else 1.0
 
 
 def _drop_collinear(ring: np.ndarray) -> np.ndarray:
@@ -234,16 +385,7 @@ def iter_features(
                 [x - 0.5, y + 0.5],
                 [x - 0.5, y - 0.5],
             ]
-        meas = {
-            "Area px": _finite(table["area_px"][j]),
-            "Area um^2": _finite(table["area_um2"][j]),
-            "Perimeter um": _finite(table["perimeter_um"][j]),
-            "Centre x": _finite(table["x"][j]),
-            "Centre y": _finite(table["y"][j]),
-            "Mean R": _finite(table["mean_r"][j]),
-            "Mean G": _finite(table["mean_g"][j]),
-            "Mean B": _finite(table["mean_b"][j]),
-        }
+        meas = {name: _finite(table[col][j]) for name, col in MEASUREMENTS}
         props: dict[str, Any] = {
             "objectType": "detection",
             "classification": {"name": classification, "color": list(color)},
@@ -261,8 +403,18 @@ def iter_features(
         }
 
 
+def _open_text(path: Path, final: Path):
+    """A text file for writing; gzip-compressed when ``final`` ends in ``.gz``."""
+    if final.suffix.lower() == ".gz":
+        return gzip.open(path, "wt", encoding="utf-8", compresslevel=6)
+    return open(path, "w", encoding="utf-8")
+
+
 def write_geojson(path: str | os.PathLike, features: Iterable[dict[str, Any]]) -> int:
     """Stream features into a GeoJSON FeatureCollection, atomically.
+
+    A ``path`` ending in ``.gz`` (``nuclei.geojson.gz``) is written gzip-compressed (QuPath
+    does not open those directly: decompress first).
 
     Returns
     -------
@@ -270,7 +422,7 @@ def write_geojson(path: str | os.PathLike, features: Iterable[dict[str, Any]]) -
         Number of features written.
     """
     n = 0
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, _open_text(tmp, Path(path)) as f:
         f.write('{"type": "FeatureCollection", "features": [\n')
         for feat in features:
             if n:
@@ -320,6 +472,53 @@ def write_csv(path: str | os.PathLike, tables: Iterable[tuple[int, NucleusTable]
     return concat_csv(path, (csv_fragment(tile, t) for tile, t in tables))
 
 
+def parquet_available() -> bool:
+    """True when pyarrow (the ``[parquet]`` extra) is importable."""
+    import importlib.util
+
+    return importlib.util.find_spec("pyarrow") is not None
+
+
+def write_parquet(path: str | os.PathLike, tables: Iterable[tuple[int, NucleusTable]]) -> int:
+    """Stream nucleus tables into a Parquet file (one row group per tile), atomically.
+
+    Columns are :data:`CSV_COLUMNS` (float64 measurements, NaN where the CSV is empty;
+    int64 ``id`` and ``tile``; bool ``clipped``).  Needs pyarrow (``pip install
+    'mcf-fast[parquet]'``).
+
+    Returns
+    -------
+    int
+        Number of rows written.
+
+    Raises
+    ------
+    InputError
+        If pyarrow is not installed.
+    """
+    if not parquet_available():
+        raise InputError("Parquet output needs pyarrow: pip install 'mcf-fast[parquet]'")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fields = [pa.field("id", pa.int64()), pa.field("tile", pa.int64())]
+    fields += [pa.field(c, pa.float64()) for c in CSV_COLUMNS[2:-1]]
+    fields.append(pa.field("clipped", pa.bool_()))
+    schema = pa.schema(fields)
+    n = 0
+    with atomic_path(path) as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
+        for tile, t in tables:
+            rows = len(t["id"])
+            if rows == 0:
+                continue
+            cols = [np.asarray(t["id"], np.int64), np.full(rows, int(tile), np.int64)]
+            cols += [np.asarray(t[c], np.float64) for c in CSV_COLUMNS[2:-1]]
+            cols.append(np.asarray(t["clipped"], bool))
+            writer.write_table(pa.Table.from_arrays(cols, schema=schema))
+            n += rows
+    return n
+
+
 def concat_csv(path: str | os.PathLike, fragments: Iterable[str]) -> int:
     """Write the header and then CSV fragments (from :func:`csv_fragment`), atomically.
 
@@ -341,9 +540,9 @@ def concat_geojson(path: str | os.PathLike, fragments: Iterable[str]) -> None:
     """Write a FeatureCollection from GeoJSON fragments (:func:`geojson_fragment`), atomically.
 
     Workers serialise their own tiles' features, so assembling a slide's file is a
-    concatenation.
+    concatenation.  A ``path`` ending in ``.gz`` is written gzip-compressed.
     """
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, _open_text(tmp, Path(path)) as f:
         f.write('{"type": "FeatureCollection", "features": [\n')
         first = True
         for frag in fragments:

@@ -376,7 +376,10 @@ def read_points_csv(path: str | os.PathLike) -> np.ndarray:
     """Read (y, x) points from a CSV file with a header row naming columns ``y`` and ``x``.
 
     Other columns are ignored; column names are matched case-insensitively.  A file with
-    only the header gives an empty (0, 2) array.
+    only the header gives an empty (0, 2) array.  The file's coordinates have pixel corners
+    on integers, as every CSV and GeoJSON that mcf_fast writes (and QuPath): the centre of
+    pixel (row r, column c) is (r + 0.5, c + 0.5), and any point inside that pixel, e.g.
+    the integers (r, c), stands for it.  0.5 is subtracted to give pixel-index coordinates.
 
     Returns
     -------
@@ -413,7 +416,7 @@ def read_points_csv(path: str | os.PathLike) -> np.ndarray:
             ) from None
         if not np.all(np.isfinite(out[k])):
             raise FormatError(f"{p}: line {k + 2}: non-finite coordinate {r!r}")
-    return out
+    return out - 0.5
 
 
 def read_points(path: str | os.PathLike) -> np.ndarray:

@@ -8,11 +8,16 @@ result depends on its neighbours: filter size, smoothing, local-maximum window) 
 radius of the largest nucleus, so that inside the core, and for every nucleus whose centre
 lies in the core, the tile sees what the whole image sees.
 
-Ownership: a nucleus belongs to the one tile whose core holds its centre, ``floor(y),
-floor(x)``.  Neighbouring tiles also see it (in their margin) and drop it from their tables.
+Centres here are pixel-index coordinates (the centre of pixel (r, c) is (r, c)); the pixel
+that holds a centre (y, x) is ``floor(y + 0.5), floor(x + 0.5)`` (:func:`centre_pixel`),
+which is ``floor`` of the same point in the pixel-corner coordinates of the CSV and GeoJSON
+outputs.
 
-Instance ids are slide-wide and need no coordination between tiles: a nucleus with centre
-(y, x) gets ``id = floor(y) * W + floor(x) + 1`` (int64; 0 is background).  Every tile
+Ownership: a nucleus belongs to the one tile whose core holds its centre pixel.
+Neighbouring tiles also see it (in their margin) and drop it from their tables.
+
+Instance ids are slide-wide and need no coordination between tiles: a nucleus whose centre
+lies in pixel (r, c) gets ``id = r * W + c + 1`` (int64; 0 is background).  Every tile
 therefore gives a nucleus it sees the same id, so each tile can write the labels of its
 *core* (including the parts of neighbours' nuclei that reach into it) and the cores fit
 together without seams.  :func:`id_to_yx` recovers the centre pixel from an id.
@@ -32,6 +37,7 @@ __all__ = [
     "owned",
     "instance_ids",
     "id_to_yx",
+    "centre_pixel",
     "associate",
     "TileLabels",
     "tile_labels",
@@ -124,6 +130,14 @@ def tile_grid(shape: tuple[int, int], *, tile: int, margin: int) -> list[Tile]:
     return tiles
 
 
+def centre_pixel(centres: np.ndarray) -> np.ndarray:
+    """The pixels (N, 2) int64 that hold centres (N, 2) given in pixel-index coordinates.
+
+    Pixel ``(r, c)`` covers ``[r - 0.5, r + 0.5) x [c - 0.5, c + 0.5)``.
+    """
+    return np.floor(np.asarray(centres, dtype=np.float64).reshape(-1, 2) + 0.5).astype(np.int64)
+
+
 def owned(centres: np.ndarray, core: Box) -> np.ndarray:
     """Which centres (slide coordinates) lie in ``core``: the ownership rule.
 
@@ -137,19 +151,21 @@ def owned(centres: np.ndarray, core: Box) -> np.ndarray:
     -------
     ndarray, shape (N,), bool
     """
-    c = np.floor(np.asarray(centres, dtype=np.float64).reshape(-1, 2)).astype(np.int64)
+    c = centre_pixel(centres)
     y0, x0, y1, x1 = core
     return (c[:, 0] >= y0) & (c[:, 0] < y1) & (c[:, 1] >= x0) & (c[:, 1] < x1)
 
 
 def instance_ids(centres: np.ndarray, width: int) -> np.ndarray:
-    """Slide-wide ids ``floor(y) * width + floor(x) + 1`` of centres (slide coordinates).
+    """Slide-wide ids ``r * width + c + 1`` of centres (slide coordinates) in pixel (r, c).
+
+    The pixel is :func:`centre_pixel`'s.
 
     Returns
     -------
     ndarray, shape (N,), int64
     """
-    c = np.floor(np.asarray(centres, dtype=np.float64).reshape(-1, 2)).astype(np.int64)
+    c = centre_pixel(centres)
     return c[:, 0] * np.int64(width) + c[:, 1] + 1
 
 
@@ -194,7 +210,7 @@ def associate(
         raise InputError(f"labels: expected a 2-D instance map, got shape {lab.shape}")
     c = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
     H, W = lab.shape
-    ci = np.floor(c).astype(np.int64)
+    ci = centre_pixel(c)
     if ci.size and (ci.min() < 0 or (ci[:, 0] >= H).any() or (ci[:, 1] >= W).any()):
         raise InputError(f"centres: some lie outside the {H}x{W} label image")
     lab = lab.astype(np.int64, copy=False)

@@ -206,10 +206,11 @@ def _machine_line(m: dict[str, Any]) -> str:
 
 
 def _csv_points(path: Path, centres: np.ndarray) -> None:
+    """Centres (pixel-index) as a y,x CSV in pixel corners, the convention of every CSV."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             fh.write("y,x\n")
-            for y, x in np.asarray(centres, dtype=np.float64).reshape(-1, 2):
+            for y, x in np.asarray(centres, dtype=np.float64).reshape(-1, 2) + 0.5:
                 fh.write(f"{float(y)!r},{float(x)!r}\n")
 
 

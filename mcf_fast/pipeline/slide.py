@@ -49,6 +49,7 @@ import numpy as np
 
 from mcf_fast.errors import ConfigError, InputError, McfError
 from mcf_fast.io.export import (
+    CSV_COLUMNS,
     concat_csv,
     concat_geojson,
     csv_fragment,
@@ -57,6 +58,8 @@ from mcf_fast.io.export import (
     measure_nuclei,
     open_label_store,
     overlay,
+    parquet_available,
+    write_parquet,
 )
 from mcf_fast.io.images import atomic_path
 from mcf_fast.io.outputs import check_output_dir, lock_folder
@@ -88,6 +91,7 @@ LABELS, GEOJSON, CSV, OVERLAY, REPORT, LOG = (
     "report.json",
     "run.log",
 )
+PARQUET = "nuclei.parquet"
 
 
 # ============================================================================ predictors
@@ -626,11 +630,20 @@ class ModelPredictor:
         detector's pseudo mask) split into instances by the model's seeds, using the
         calibrated detector's centres only for ``instance_seeds == "centres"``.
         """
+        labels, centres, _ = self.predict_tile_full(rgb)
+        return labels, centres
+
+    def predict_tile_full(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
+        """:meth:`predict_tile` and the U-Net's nucleus probability (None without a network).
+
+        The slide run measures each nucleus' mean probability from it.
+        """
         if self.state is None:
             pred = self.model.predict(rgb)
-            return associate(
+            labels, centres = associate(
                 np.asarray(pred.labels), np.asarray(pred.centres, np.float64), ordered=True
             )
+            return labels, centres, (pred.probability if self.model.net is not None else None)
         from mcf_fast.pipeline.instances import instance_labels, nucleus_table
 
         seg = self.model.config.segmentation
@@ -662,7 +675,8 @@ class ModelPredictor:
         )
         table = nucleus_table(labels)
         cents = np.stack([table["y"], table["x"]], axis=1) if len(table) else np.zeros((0, 2))
-        return associate(labels, cents, ordered=True)
+        labels, cents = associate(labels, cents, ordered=True)
+        return labels, cents, (fg if self.model.net is not None else None)
 
 
 @dataclass(frozen=True)
@@ -790,7 +804,11 @@ def _process_tile(key: str, tile: Tile) -> dict[str, Any]:
     except Exception as exc:  # any backend error means this tile cannot be read
         return {**base, "status": "unreadable", "error": f"{type(exc).__name__}: {exc}"}
     try:
-        labels, centres = predictor.predict_tile(rgb)
+        full = getattr(predictor, "predict_tile_full", None)
+        if full is not None:
+            labels, centres, prob = full(rgb)
+        else:
+            (labels, centres), prob = predictor.predict_tile(rgb), None
         tl = tile_labels(labels, centres, tile, width=reader.shape[1])
         table = measure_nuclei(
             tl.labels,
@@ -802,6 +820,7 @@ def _process_tile(key: str, tile: Tile) -> dict[str, Any]:
             mpp=reader.mpp,
             slide_shape=reader.shape,
             read_box=tile.read,
+            probability=prob,
         )
     except Exception as exc:  # reported per tile so that the other tiles finish
         return {**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
@@ -1031,6 +1050,8 @@ def run_slide(
     overlay_side: int = 2048,
     progress: bool = True,
     on_tile: Callable[[dict[str, Any]], None] | None = None,
+    parquet: bool = False,
+    gzip_geojson: bool = False,
 ) -> SlideReport:
     """Detect and segment nuclei over a whole slide, on dask, streaming results to `out`.
 
@@ -1072,6 +1093,10 @@ def run_slide(
         Show a progress bar on stderr.
     on_tile : callable, optional
         Called in this process with each tile's summary as it is recorded.
+    parquet : bool
+        Also write the nucleus table as ``nuclei.parquet`` (needs pyarrow).
+    gzip_geojson : bool
+        Write ``nuclei.geojson.gz`` (gzip) instead of ``nuclei.geojson``.
 
     Returns
     -------
@@ -1086,6 +1111,8 @@ def run_slide(
         If `out` holds a run made with other parameters.
     """
     t_start = time.perf_counter()
+    if parquet and not parquet_available():  # before hours of work, not after
+        raise InputError("--parquet needs pyarrow: pip install 'mcf-fast[parquet]'")
     out_dir = check_output_dir(out)  # before any model is loaded or tile read
     reader = open_slide(slide, level=level, mpp=mpp)
     if isinstance(predictor, (str, os.PathLike)):
@@ -1126,6 +1153,7 @@ def run_slide(
             progress=progress,
             on_tile=on_tile,
             t_start=t_start,
+            exports={"parquet": parquet, "gzip_geojson": gzip_geojson},
         )
 
 
@@ -1173,8 +1201,11 @@ def _run(
     progress: bool,
     on_tile: Callable[[dict[str, Any]], None] | None,
     t_start: float,
+    exports: dict[str, bool] | None = None,
 ) -> SlideReport:
     from tqdm.auto import tqdm
+
+    exports = exports or {}
 
     tissue = tissue_mask(reader) if skip_background else None
     todo = [t for t in tiles if tissue is None or tissue.any_in(*t.core)]
@@ -1260,7 +1291,7 @@ def _run(
         attrs={
             **params,
             "calibration": _summary(calibration),
-            "ids": "floor(y) * width + floor(x) + 1",
+            "ids": "floor(y) * width + floor(x) + 1, (y, x) the centre in pixel corners",
         },
     )
     report = SlideReport(
@@ -1361,8 +1392,17 @@ def _run(
                 yield z[name].tobytes().decode()
 
     t_export = time.perf_counter()
-    concat_geojson(out_dir / GEOJSON, fragments("geojson"))
+    geojson_path = out_dir / (GEOJSON + ".gz" if exports.get("gzip_geojson") else GEOJSON)
+    concat_geojson(geojson_path, fragments("geojson"))
     report.n_nuclei = concat_csv(out_dir / CSV, fragments("csv"))
+    if exports.get("parquet"):
+
+        def tables():
+            for i in ok:
+                with np.load(tiles_dir / done[i]["file"]) as z:
+                    yield i, {c: z[c] for c in CSV_COLUMNS if c != "tile"}
+
+        write_parquet(out_dir / PARQUET, tables())
     thumb, step = reader.thumbnail(overlay_side)
     canvas = np.zeros(thumb.shape[:2], np.int64)
     s = int(step)
@@ -1377,8 +1417,9 @@ def _run(
     report.export_seconds = round(time.perf_counter() - t_export, 3)
     report.outputs = {
         "labels": str(labels_path),
-        "geojson": str(out_dir / GEOJSON),
+        "geojson": str(geojson_path),
         "csv": str(out_dir / CSV),
+        **({"parquet": str(out_dir / PARQUET)} if exports.get("parquet") else {}),
         "overlay": str(out_dir / OVERLAY),
         "report": str(out_dir / REPORT),
         "log": str(out_dir / LOG),

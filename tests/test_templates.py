@@ -280,3 +280,89 @@ def test_geojson_errors(tmp_path):
     p.write_text('{"type": "Point", "coordinates": "x"}')
     with pytest.raises(FormatError, match="malformed"):
         read_geojson_points(p)
+
+
+# ------------------------------------------------------------- QuPath classes and regions
+def _feature(geom, cls=None, otype="annotation", **props):
+    p = {"objectType": otype, **props}
+    if cls is not None:
+        p["classification"] = {"name": cls, "color": [200, 0, 0]}
+    return {"type": "Feature", "geometry": geom, "properties": p}
+
+
+def _pt(x, y):
+    return {"type": "Point", "coordinates": [x, y]}
+
+
+def _square(x0, y0, side):
+    ring = [[x0, y0], [x0 + side, y0], [x0 + side, y0 + side], [x0, y0 + side], [x0, y0]]
+    return {"type": "Polygon", "coordinates": [ring]}
+
+
+@pytest.fixture
+def qupath_export(tmp_path):
+    """A mixed export: nuclei points, a stroma point, a tissue region, a cell object."""
+    rng = np.random.default_rng(0)
+    image = tmp_path / "img.png"
+    write_image(image, rng.integers(0, 256, (80, 80, 3)).astype(np.uint8))
+    feats = [
+        _feature(_pt(10.5, 20.5), "Nucleus"),
+        _feature(_pt(30.5, 40.5), "Nucleus"),
+        _feature(_pt(50.5, 60.5), "Nucleus"),
+        _feature(_pt(70.5, 10.5), "Stroma"),
+        _feature(_square(2, 2, 70)),  # the tissue region: unclassified, 4900 px^2
+        # a cell: its nucleus geometry (centroid 60, 20 in corners) is the template
+        _feature(_square(50, 10, 20), "Nucleus", "cell", nucleusGeometry=_square(56, 16, 8)),
+    ]
+    path = tmp_path / "export.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    return image, path
+
+
+def _from_points(image, points, out, *extra):
+    from mcf_fast.cli import main
+
+    args = ["templates", "from-points", "--image", str(image), "--points", str(points)]
+    return main([*args, "--size", "16", "--out", str(out), *extra])
+
+
+def test_mixed_export_needs_a_class_and_lists_the_classes(qupath_export, tmp_path, capsys):
+    image, path = qupath_export
+    assert _from_points(image, path, tmp_path / "t.json") == 1
+    err = capsys.readouterr().err
+    assert "'Nucleus' (4)" in err and "'Stroma' (1)" in err and "'unclassified' (1)" in err
+    assert "--class" in err and "Traceback" not in err
+    assert not (tmp_path / "t.json").exists()
+    assert _from_points(image, path, tmp_path / "t.json", "--class", "Tumour") == 1
+    assert "no object has the class 'Tumour'" in capsys.readouterr().err
+
+
+def test_class_selects_points_and_cell_nuclei(qupath_export, tmp_path):
+    image, path = qupath_export
+    assert _from_points(image, path, tmp_path / "t.json", "--class", "Nucleus") == 0
+    ts = TemplateSet.load(tmp_path / "t.json")
+    assert [(t.y, t.x) for t in ts] == [(20, 10), (40, 30), (60, 50), (20, 60)]
+    assert ts.meta["class"] == "Nucleus"
+    assert _from_points(image, path, tmp_path / "s.json", "--class", "Stroma") == 0
+    assert [(t.y, t.x) for t in TemplateSet.load(tmp_path / "s.json")] == [(10, 70)]
+
+
+def test_region_polygons_are_refused_unless_asked_for(tmp_path, capsys):
+    from mcf_fast.io.geojson import template_points
+
+    image = tmp_path / "img.png"
+    write_image(image, np.zeros((80, 80, 3), np.uint8))
+    feats = [_feature(_pt(10.5, 20.5)), _feature(_square(30, 30, 6)), _feature(_square(2, 2, 70))]
+    path = tmp_path / "p.geojson"
+    path.write_text(json.dumps(feats))
+    assert _from_points(image, path, tmp_path / "t.json") == 1
+    err = capsys.readouterr().err
+    assert "feature 2" in err and "4900 px^2" in err and "--regions" in err
+    assert _from_points(image, path, tmp_path / "t.json", "--regions", "skip") == 0
+    # the point and the nucleus-sized polygon (36 px^2 <= 16 * 16) stay
+    assert [(t.y, t.x) for t in TemplateSet.load(tmp_path / "t.json")] == [(20, 10), (33, 33)]
+    pts = template_points(path, max_area=256, regions="centroid")
+    np.testing.assert_allclose(pts[-1], [36.5, 36.5])
+    with pytest.raises(InputError, match="regions"):
+        template_points(path, regions="ignore")
+    assert _from_points(image, tmp_path / "p.csv", tmp_path / "t.json", "--class", "X") != 0

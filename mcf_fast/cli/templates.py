@@ -90,18 +90,54 @@ def select(data: str, n: int, seed: int, out: str, quiet: bool) -> None:
     default=None,
     help="Image name recorded in the set [default: the image's file stem].",
 )
-def from_points(image: str, points: str, size: int, out: str, name: str | None) -> None:
+@click.option(
+    "--class",
+    "class_name",
+    default=None,
+    metavar="NAME",
+    help="GeoJSON: use only the objects of this QuPath classification "
+    "(required when the export mixes classes).",
+)
+@click.option(
+    "--regions",
+    type=click.Choice(["error", "skip", "centroid"]),
+    default="error",
+    show_default=True,
+    help="GeoJSON polygons larger than the template (tissue regions, not nuclei): "
+    "refuse them, leave them out, or use their centroids.",
+)
+def from_points(
+    image: str,
+    points: str,
+    size: int,
+    out: str,
+    name: str | None,
+    class_name: str | None,
+    regions: str,
+) -> None:
     """Make a template set from points marked on one image.
 
-    Near the image border the crops are completed by mirror reflection.
+    A QuPath GeoJSON export gives its points, and the centroids of polygons no larger than
+    the template (nucleus outlines); objects of several classes need --class, and larger
+    polygons (regions) are refused unless --regions says otherwise.  Near the image border
+    the crops are completed by mirror reflection.
     """
+    from mcf_fast.errors import InputError
+    from mcf_fast.io.geojson import template_points
     from mcf_fast.io.images import read_image
     from mcf_fast.io.templates import TemplateSet, read_points
 
     img = read_image(image)
-    pts = read_points(points)
+    if Path(points).suffix.lower() in (".geojson", ".json"):
+        pts = template_points(points, class_name=class_name, max_area=size * size, regions=regions)
+    elif class_name is not None:
+        raise InputError(f"--class: {points} is a CSV; classes are read from QuPath GeoJSON")
+    else:
+        pts = read_points(points)
     ts = TemplateSet.from_points(img, pts, size=size, image_name=name or Path(image).stem)
     ts.meta["points"] = Path(points).name
+    if class_name is not None:
+        ts.meta["class"] = class_name
     ts.save(out)
     click.echo(f"{out}: {len(ts)} templates of {size} px from {Path(points).name}")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,20 @@ import numpy as np
 
 from mcf_fast.errors import FormatError, InputError
 
-__all__ = ["read_geojson_points", "read_geojson_polygons", "polygons_to_labels", "polygon_centroid"]
+__all__ = [
+    "REGION_MODES",
+    "GeoObject",
+    "read_geojson_objects",
+    "read_geojson_points",
+    "read_geojson_polygons",
+    "polygons_to_labels",
+    "polygon_centroid",
+    "template_points",
+]
+
+#: what :func:`template_points` does with polygons larger than a nucleus
+REGION_MODES = ("error", "skip", "centroid")
+UNCLASSIFIED = "unclassified"
 
 
 def _load(path: str | os.PathLike) -> tuple[Path, Any]:
@@ -150,6 +164,193 @@ def read_geojson_polygons(path: str | os.PathLike) -> list[np.ndarray]:
     if not polys:
         raise FormatError(f"{p}: no Polygon or MultiPolygon geometries found")
     return polys
+
+
+@dataclass(frozen=True)
+class GeoObject:
+    """One geometry of a QuPath export with what QuPath says about it.
+
+    Attributes
+    ----------
+    index : int
+        Position of its feature in the file (0-based).
+    object_type : str
+        ``properties.objectType`` ("annotation", "detection", "cell", ...; "" if absent).
+    classification : str or None
+        ``properties.classification.name`` (None when unclassified).
+    kind : str
+        "point" or "polygon".
+    yx : ndarray, shape (M, 2)
+        Points (one row per point of a MultiPoint) or the exterior ring, pixel-index (y, x).
+    """
+
+    index: int
+    object_type: str
+    classification: str | None
+    kind: str
+    yx: np.ndarray
+
+    @property
+    def label(self) -> str:
+        return self.classification if self.classification is not None else UNCLASSIFIED
+
+
+def _class_name(props: dict) -> str | None:
+    c = props.get("classification")
+    if isinstance(c, dict):
+        c = c.get("name")
+    if isinstance(c, list):  # a derived class, e.g. ["Tumor", "Positive"]
+        c = ": ".join(str(v) for v in c)
+    return str(c) if c not in (None, "") else None
+
+
+def _features(doc: Any, p: Path) -> Iterator[tuple[dict, dict]]:
+    """(geometry, properties) of every feature or bare geometry, in file order."""
+    if isinstance(doc, list):
+        for item in doc:
+            yield from _features(item, p)
+        return
+    if not isinstance(doc, dict):
+        raise FormatError(f"{p}: expected GeoJSON objects, found {type(doc).__name__}")
+    kind = doc.get("type")
+    if kind == "FeatureCollection":
+        yield from _features(doc.get("features", []), p)
+    elif kind == "Feature":
+        props = doc.get("properties") or {}
+        geom = doc.get("geometry")
+        # a QuPath cell: its nucleus is the nucleus geometry, not the cell outline
+        nucleus = props.get("nucleusGeometry") if isinstance(props, dict) else None
+        if isinstance(nucleus, dict) and nucleus.get("type"):
+            geom = nucleus
+        if geom is not None:
+            yield geom, props if isinstance(props, dict) else {}
+    elif isinstance(kind, str):
+        yield doc, {}
+    else:
+        raise FormatError(f'{p}: a GeoJSON object has no "type"')
+
+
+def read_geojson_objects(path: str | os.PathLike) -> list[GeoObject]:
+    """Every point and polygon of a QuPath GeoJSON export, with its object type and class.
+
+    A ``cell`` object stands for its ``nucleusGeometry`` when it has one.
+
+    Returns
+    -------
+    list of GeoObject
+        In file order; a MultiPolygon gives one object per polygon.
+
+    Raises
+    ------
+    FormatError
+        If the file is not GeoJSON or a geometry is malformed.
+    """
+    p, doc = _load(path)
+    out: list[GeoObject] = []
+    for i, (geom, props) in enumerate(_features(doc, p)):
+        otype = str(props.get("objectType") or props.get("object_type") or "")
+        cls = _class_name(props)
+        for g in _geometries(geom, p):
+            points, polys = _polygons(g, p)
+            if points:
+                out.append(GeoObject(i, otype, cls, "point", np.asarray(points).reshape(-1, 2)))
+            out.extend(GeoObject(i, otype, cls, "polygon", q) for q in polys)
+    return out
+
+
+def _polygon_area(poly: np.ndarray) -> float:
+    y, x = poly[:, 0], poly[:, 1]
+    return abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))) / 2.0
+
+
+def _class_list(objs: Sequence[GeoObject]) -> str:
+    counts: dict[str, int] = {}
+    for o in objs:
+        counts[o.label] = counts.get(o.label, 0) + (len(o.yx) if o.kind == "point" else 1)
+    return ", ".join(f"{k!r} ({v})" for k, v in sorted(counts.items()))
+
+
+def template_points(
+    path: str | os.PathLike,
+    *,
+    class_name: str | None = None,
+    max_area: float | None = None,
+    regions: str = "error",
+) -> np.ndarray:
+    """Nucleus centres for templates from a QuPath export, checked for what does not belong.
+
+    Points become templates, and so do polygons no larger than a nucleus (their area
+    centroid).  A polygon larger than ``max_area`` is a *region* (tissue, tumour, stroma
+    annotations), not a nucleus: an error by default.
+
+    Parameters
+    ----------
+    path : path-like
+        A QuPath GeoJSON export.
+    class_name : str, optional
+        Keep only objects of this QuPath classification (case-sensitive, as QuPath; the
+        name ``unclassified`` selects objects without one).  Without it, objects of more
+        than one class (unclassified counting as one) are an error listing the classes.
+    max_area : float, optional
+        Largest nucleus polygon, in square pixels (``mcf templates from-points`` uses the
+        template's area, ``size ** 2``); None accepts every polygon.
+    regions : {"error", "skip", "centroid"}
+        What to do with larger polygons: refuse, leave out, or use their centroid.
+
+    Returns
+    -------
+    ndarray, shape (N, 2), float64
+        (y, x) pixel-index coordinates, in file order.
+
+    Raises
+    ------
+    FormatError
+        If the file is not GeoJSON, holds no usable object, mixes classes without
+        ``class_name`` or holds a region with ``regions="error"``.
+    InputError
+        If ``regions`` is unknown or no object has class ``class_name``.
+    """
+    if regions not in REGION_MODES:
+        raise InputError(f"regions: expected one of {', '.join(REGION_MODES)}, got {regions!r}")
+    p = Path(path)
+    objs = read_geojson_objects(p)
+    if not objs:
+        raise FormatError(f"{p}: no Point, MultiPoint or Polygon geometries found")
+    if class_name is not None:
+        kept = [o for o in objs if o.label == class_name]
+        if not kept:
+            raise InputError(
+                f"{p}: no object has the class {class_name!r}; classes found: {_class_list(objs)}"
+            )
+        objs = kept
+
+    def is_region(o: GeoObject) -> bool:
+        return o.kind == "polygon" and max_area is not None and _polygon_area(o.yx) > max_area
+
+    if regions == "skip":
+        objs = [o for o in objs if not is_region(o)]
+        if not objs:
+            raise FormatError(f"{p}: every polygon is larger than a nucleus; no points left")
+    if class_name is None and len({o.label for o in objs}) > 1:
+        raise FormatError(
+            f"{p}: objects of several classes: {_class_list(objs)}; choose the nuclei "
+            "with --class NAME (class_name=)"
+        )
+    if regions == "error":
+        big = [o for o in objs if is_region(o)]
+        if big:
+            o = big[0]
+            raise FormatError(
+                f"{p}: feature {o.index} ({o.object_type or 'object'} {o.label!r}, a polygon "
+                f"of {_polygon_area(o.yx):.0f} px^2) is larger than a nucleus (at most "
+                f"{max_area:.0f} px^2, the template's area); it looks like a region: remove "
+                f"it, or pass --regions skip to leave such polygons out or --regions "
+                f"centroid to use their centroids ({len(big)} such polygon(s))"
+            )
+    pts: list[np.ndarray] = []
+    for o in objs:
+        pts.extend(o.yx if o.kind == "point" else [polygon_centroid(o.yx)])
+    return np.asarray(pts, dtype=np.float64).reshape(-1, 2)
 
 
 def polygons_to_labels(polys: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:

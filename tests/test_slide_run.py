@@ -352,6 +352,20 @@ def test_cli_slide_writes_every_output(slide_path, tmp_path):
     )
 
 
+def test_cli_slide_refuses_a_template_set_without_detector_only(slide_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    bad = tmp_path / "t.json"
+    bad.write_text("{}")
+    args = ["slide", str(slide_path), "--model", str(bad), "--out", str(out), "--workers", "0"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "mcf fit" in err and "--detector-only" in err and "Traceback" not in err
+    assert not out.exists()  # refused before anything is written
+    # asked for: the template set is read (and here refused for its own content)
+    assert main([*args, "--detector-only", "--quiet"]) == 1
+    assert "mcf fit" not in capsys.readouterr().err
+
+
 def test_load_predictor_picks_the_adapter(tmp_path):
     from mcf_fast.errors import FormatError, InputError
     from mcf_fast.pipeline.slide import PredictorSpec, load_predictor

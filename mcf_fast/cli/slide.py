@@ -77,6 +77,12 @@ from mcf_fast.errors import McfError
     help="Whole-slide reader.",
 )
 @click.option(
+    "--detector-only",
+    is_flag=True,
+    help="With a template set as --model: run the filter-bank detector anyway "
+    "(see docs/slides.md: its nucleus masks on slides are unreliable).",
+)
+@click.option(
     "--parquet", is_flag=True, help="Also write nuclei.parquet (the table; needs pyarrow)."
 )
 @click.option("--gzip", "gzip_geojson", is_flag=True, help="Write nuclei.geojson.gz (gzip).")
@@ -93,6 +99,7 @@ def slide(
     level: int,
     all_tiles: bool,
     backend: str,
+    detector_only: bool,
     parquet: bool,
     gzip_geojson: bool,
     quiet: bool,
@@ -108,6 +115,16 @@ def slide(
     from mcf_fast.io.slides import open_slide
     from mcf_fast.pipeline.slide import PredictorSpec, run_slide
 
+    if model != "blob" and Path(model).suffix.lower() == ".json" and not detector_only:
+        raise McfError(
+            f"--model {model}: a template set alone does not segment whole slides reliably "
+            "(the detector's nucleus masks depend on a per-image normalisation that a slide "
+            "cannot share: on a test slide it labelled 5.6% of the tissue where `mcf detect` "
+            "labels 22%); fit a model on a few tiles first:\n"
+            f"  mcf fit TILES --templates {model} --out model.mcf\n"
+            f"  mcf slide {slide_path} --model model.mcf --out {out}\n"
+            "or pass --detector-only to run the detector anyway"
+        )
     reader = open_slide(slide_path, level=level, mpp=mpp, backend=backend)
     source = model if model == "blob" else str(Path(model).resolve())
     report = run_slide(

@@ -106,8 +106,8 @@ def test_help():
     assert main(["demo", "--help"]) == 0
 
 
-def test_demo(tmp_path):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+def test_demo_detection(tmp_path):
+    assert main(["demo", "--out", str(tmp_path), "--detect-only", "--quiet"]) == 0
     for suffix in (".csv", "_response.png", "_pseudo.png", "_overlay.png"):
         assert (tmp_path / f"immunohistochemistry{suffix}").is_file()
     assert TemplateSet.load(tmp_path / "templates.json").templates[0].size == 28

@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "templates": ("mcf_fast.cli.templates", "templates", "Build, select and show template sets."),
     "score": ("mcf_fast.cli.score", "score", "Score predictions against instance masks."),
     "detect": ("mcf_fast.cli.detect", "detect", "Detect nuclei with the filter bank."),
-    "demo": ("mcf_fast.cli.detect", "demo", "Run detection on a built-in example image."),
+    "demo": ("mcf_fast.cli.demo", "demo", "Run the whole job on a built-in example image."),
     "fit": ("mcf_fast.cli.seg", "fit", "Fit the full framework on images and templates."),
     "predict": ("mcf_fast.cli.seg", "predict", "Segment images with a fitted model."),
     "evaluate": ("mcf_fast.cli.evaluate", "evaluate", "Reproduce the paper's evaluation."),

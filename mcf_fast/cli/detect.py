@@ -1,4 +1,4 @@
-"""``mcf detect`` and ``mcf demo``: run the correlation-filter detector and write its outputs.
+"""``mcf detect``: run the correlation-filter detector and write its outputs.
 
 Per image ``<name>``, in the output folder (each file written atomically):
 
@@ -162,45 +162,3 @@ def demo_points() -> tuple[np.ndarray, np.ndarray]:
     pts = np.array([[float(r["y"]), float(r["x"])] for r in rows])
     sizes = np.array([int(r["size"]) for r in rows])
     return pts, sizes
-
-
-@click.command("demo")
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Output folder (created if needed).",
-)
-@click.option("--color-names", default=None, help=_COLOR_HELP)
-@click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
-def demo(out_dir: str, color_names: str | None, device: str) -> None:
-    """Detect nuclei in scikit-image's immunohistochemistry() example image.
-
-    Templates come from points packaged with mcf_fast (mcf_fast/data/ihc_templates.csv);
-    the template set is saved as templates.json beside the usual detect outputs
-    (immunohistochemistry.csv, _response.png, _pseudo.png, _overlay.png).  The image is
-    IHC rather than H&E, so the demo keeps only centres with a normalised response of at
-    least 0.5 (the H&E default is 0.3).
-    """
-    from skimage import data
-
-    from mcf_fast.io.templates import TemplateSet
-    from mcf_fast.pipeline.detector import Detector
-
-    image = np.ascontiguousarray(data.immunohistochemistry())
-    pts, sizes = demo_points()
-    tset = TemplateSet.from_points(
-        image, pts, size=sizes.tolist(), image_name="immunohistochemistry"
-    )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tset.save(out / "templates.json")
-    det = Detector(tset, _config(color_names, **DEMO_SETTINGS), device=device)
-    from tqdm.auto import tqdm
-
-    with tqdm(total=1, desc="demo", unit="image") as bar:
-        result = det.detect(image)
-        write_outputs(out, "immunohistochemistry", image, result)
-        bar.update(1)
-    click.echo(f"{len(result.centres)} nuclei; outputs in {out}", err=True)

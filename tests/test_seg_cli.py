@@ -79,11 +79,17 @@ def test_fit_then_predict_writes_outputs(data, capsys):
             str(model_path),
             "--seed",
             "1",
+            "--mpp",
+            "0.5",
             "--quiet",
         ]
     )
     assert rc == 0, capsys.readouterr().err
+    from mcf_fast.pipeline.bundle import bundle_mpp
+
+    assert bundle_mpp(model_path) == 0.5  # recorded in model.json and templates.json
     model = MCFModel.load(model_path)
+    assert model.templates.meta["mpp"] == 0.5
     assert model.config.segmentation.seed == 1
     assert len(model.templates) == 3  # the blue nucleus of tile0 was added
     assert model.history[0]["added"][0]["image"] == "tile0"
@@ -132,6 +138,20 @@ def test_fit_then_predict_writes_outputs(data, capsys):
     assert np.any(np.all(overlay == (0, 255, 0), axis=2))
     # no temporary files; the hidden .mcf folder holds the lock and the finished-set records
     assert not any(p.name.startswith(".") for p in out.iterdir() if p.name != ".mcf")
+    # the image at half the model's pixel size: resampled to its scale, mapped back
+    big = root / "big"
+    big.mkdir()
+    img = read_image(root / "train" / "images" / "tile0.png")
+    write_image(big / "tile0.png", np.repeat(np.repeat(img, 2, axis=0), 2, axis=1))
+    out2 = root / "pred2"
+    args = ["predict", str(big / "tile0.png"), "--model", str(model_path), "--out", str(out2)]
+    assert main([*args, "--mpp", "0.25", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "resampling by 0.5" in err
+    lab2 = read_labels(out2 / "tile0.png")
+    assert lab2.shape == (192, 192) and lab2.max() == 16  # the 16 nuclei of the 96-px tile
+    assert main([*args, "--quiet"]) == 0  # no --mpp: a warning, no resampling
+    assert "scale is unknown" in capsys.readouterr().err
 
 
 def test_resume_after_interruption_ends_like_uninterrupted(data, monkeypatch, capsys):

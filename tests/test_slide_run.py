@@ -96,7 +96,7 @@ def manifest_counts(out_dir):
 def check_outputs(out_dir, img, report):
     import zarr
 
-    labels = zarr.open_array(str(out_dir / "labels.zarr"), mode="r")[:]
+    labels = zarr.open_array(str(out_dir / "labels.zarr" / "0"), mode="r")[:]
     ref_labels, ref_ids = reference(img, out_dir)
     np.testing.assert_array_equal(labels, ref_labels)
     rows = (out_dir / "nuclei.csv").read_text().splitlines()[1:]
@@ -350,6 +350,35 @@ def test_cli_slide_writes_every_output(slide_path, tmp_path):
         )
         == 1
     )
+
+
+def test_labels_are_an_ome_zarr_label_pyramid_that_ome_zarr_py_reads(slide_path, tmp_path):
+    """Opened with ome-zarr-py (not our code): a label image, its levels and pixel size."""
+    import zarr
+
+    ome_io = pytest.importorskip("ome_zarr.io")
+    ome_reader = pytest.importorskip("ome_zarr.reader")
+    out = tmp_path / "ome"
+    args = ["slide", str(slide_path), "--model", "blob", "--out", str(out), "--tile", str(TILE)]
+    assert main([*args, "--workers", "0", "--quiet", "--level", "1"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    store = out / "labels.zarr"
+    location = ome_io.parse_url(str(store))
+    assert location is not None, "not an OME-Zarr store"
+    nodes = list(ome_reader.Reader(location)())
+    node = nodes[0]
+    assert any(isinstance(spec, ome_reader.Label) for spec in node.specs)
+    level0 = np.asarray(node.data[0])
+    ours = zarr.open_array(str(store / "0"), mode="r")[:]
+    np.testing.assert_array_equal(level0, ours)
+    assert list(level0.shape) == rep["shape"] and level0.max() > 0
+    assert len(node.data) >= 2
+    np.testing.assert_array_equal(np.asarray(node.data[1]), ours[::2, ::2])
+    ms = node.metadata
+    assert [a["name"] for a in ms["axes"]] == ["y", "x"]
+    scales = [t[0]["scale"] for t in ms["coordinateTransformations"]]
+    assert scales[0] == pytest.approx([rep["mpp"]] * 2)  # level 1 of the slide: 1 µm/px
+    assert scales[1] == pytest.approx([2 * rep["mpp"]] * 2)
 
 
 def test_cli_slide_refuses_a_template_set_without_detector_only(slide_path, tmp_path, capsys):
@@ -688,7 +717,7 @@ def test_slide_run_calibrates_a_bundle_once_for_every_tile(tiny_fit, tiny_bundle
     # the run's tiles equal the in-memory tiling with the calibration from run.json
     pred = ModelPredictor(_model(tiny_fit), halo=report.margin).calibrated(run["calibration"])
     ref, ids, _ = predict_tiled(img, pred, tile=48)
-    np.testing.assert_array_equal(zarr.open_array(str(out / "labels.zarr"), mode="r")[:], ref)
+    np.testing.assert_array_equal(zarr.open_array(str(out / "labels.zarr" / "0"), mode="r")[:], ref)
     assert report.n_nuclei == len(ids)
 
 
@@ -745,8 +774,8 @@ def test_calibrated_bundle_on_a_local_cluster_matches_the_in_process_run(
     a, b = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("here", "there"))
     assert a["calibration"] == b["calibration"] and "stain_source" in a["calibration"]
     np.testing.assert_array_equal(
-        zarr.open_array(str(tmp_path / "here" / "labels.zarr"), mode="r")[:],
-        zarr.open_array(str(tmp_path / "there" / "labels.zarr"), mode="r")[:],
+        zarr.open_array(str(tmp_path / "here" / "labels.zarr" / "0"), mode="r")[:],
+        zarr.open_array(str(tmp_path / "there" / "labels.zarr" / "0"), mode="r")[:],
     )
 
 
@@ -798,7 +827,7 @@ def test_bundle_slide_run_equals_the_whole_image(tiny_fit, tiny_bundle, tmp_path
     assert run["calibration"] == state and "stain_source" in state
     whole, centres = ModelPredictor(model).calibrated(state).predict_tile(img)
 
-    tiled = zarr.open_array(str(out / "labels.zarr"), mode="r")[:]
+    tiled = zarr.open_array(str(out / "labels.zarr" / "0"), mode="r")[:]
     rows = np.loadtxt(out / "nuclei.csv", delimiter=",", skiprows=1, usecols=(0, 2, 3), ndmin=2)
     ids = rows[:, 0].astype(np.int64)
     tiled_centres = rows[:, 1:] - 0.5  # the CSV gives pixel-corner coordinates
@@ -847,3 +876,28 @@ def test_model_halo_covers_the_unet_reach_on_its_pooling_grid(tiny_fit, tmp_path
     assert "pooling grid" not in caplog.text
     assert run_slide(img, p, tmp_path / "b", tile=98, **kw).margin == 48
     assert "tile 98 is not a multiple of 4 (the model's pooling grid)" in caplog.text
+
+
+def test_slide_at_the_model_scale_maps_results_to_level_0(slide_path, slide_image, tmp_path):
+    from mcf_fast.cli.slide import _to_model_scale
+    from mcf_fast.io.slides import ScaledReader, open_slide
+    from mcf_fast.io.templates import TemplateSet
+
+    reader = open_slide(slide_path)  # 0.5 µm/px
+    tset = TemplateSet.from_points(slide_image, [(500, 500)], size=16, image_name="s")
+    tset.meta["mpp"] = 1.0
+    tpath = tset.save(tmp_path / "t.json")
+    scaled = _to_model_scale(reader, str(tpath))
+    assert isinstance(scaled, ScaledReader) and scaled.scale == 0.5
+    assert scaled.shape == (512, 640) and scaled.mpp == 1.0 and scaled.downsample == 2.0
+    tset.meta.pop("mpp")
+    assert _to_model_scale(reader, str(tset.save(tmp_path / "u.json"))) is reader
+    out = tmp_path / "run"
+    report = run_slide(scaled, "blob", out, tile=TILE, workers=0, progress=False)
+    assert report.complete and report.n_nuclei > 50 and report.shape == (512, 640)
+    rows = np.loadtxt(out / "nuclei.csv", delimiter=",", skiprows=1, usecols=(0, 2, 3), ndmin=2)
+    ys, xs = rows[:, 1], rows[:, 2]
+    # level-0 coordinates: the tissue lies in [264, 1016) of the 1024 x 1280 slide
+    assert ys.min() > 240 and ys.max() < 1040 and xs.min() > 240 and xs.max() < 1040
+    ids = rows[:, 0].astype(np.int64)
+    np.testing.assert_array_equal(ids, np.floor(ys / 2) * 640 + np.floor(xs / 2) + 1)

@@ -214,3 +214,26 @@ def test_tissue_mask_finds_tissue_and_skips_glass(rng):
     assert empty.fraction == 0.0
     with pytest.raises(InputError, match="brightness"):
         tissue_mask(open_slide(img), brightness=2.0)
+
+
+# ------------------------------------------------------------------ resampling to a scale
+def test_scaled_reader_maps_scale_and_reads_tiles_consistently(rng):
+    from mcf_fast.io.slides import ArrayReader, ScaledReader
+
+    img = rng.integers(0, 256, (90, 120, 3)).astype(np.uint8)
+    base = ArrayReader(img, mpp=0.25)
+    half = ScaledReader(base, 0.5)
+    assert half.shape == (45, 60) and half.mpp == 0.5 and half.downsample == 2.0
+    whole = half.read_region(0, 0, 45, 60)
+    # a tile reads exactly the pixels the whole image has there (no seams between tiles)
+    np.testing.assert_array_equal(half.read_region(10, 17, 20, 30), whole[10:30, 17:47])
+    # scale 2 of a smooth ramp interpolates between neighbours
+    ramp = np.repeat(np.arange(0, 200, 10, dtype=np.uint8)[None, :, None], 3, axis=2)
+    up = ScaledReader(ArrayReader(np.repeat(ramp, 4, axis=0)), 2.0).read_region(0, 0, 8, 40)
+    # pixel j samples the base at j / 2 - 0.25, where the ramp is 5 j - 2.5
+    np.testing.assert_allclose(up[0, 1:-1, 0], 5 * np.arange(1, 39) - 2.5, atol=0.5)
+    np.testing.assert_array_equal(ScaledReader(base, 1.0).read_region(0, 0, 90, 120), img)
+    thumb, step = half.thumbnail(20)
+    assert step == 3.0 and thumb.shape == (15, 20, 3)
+    with pytest.raises(InputError, match="scale"):
+        ScaledReader(base, 0)

@@ -13,7 +13,14 @@ from mcf_fast.errors import InputError
 from mcf_fast.io.images import read_image, write_image
 from mcf_fast.presets import PRESETS
 
-__all__ = ["collect_images", "fit", "predict", "prediction_table", "write_prediction"]
+__all__ = [
+    "collect_images",
+    "fit",
+    "predict",
+    "predict_rescaled",
+    "prediction_table",
+    "write_prediction",
+]
 
 
 def _set_threads(threads: int | None) -> None:
@@ -84,6 +91,13 @@ def _check_device(device: str) -> None:
     show_default=True,
     help="Stain normalisation method.",
 )
+@click.option(
+    "--mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Microns per pixel of IMAGES, recorded in the bundle [default: the template "
+    "set's, else the first image's metadata].",
+)
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def fit(
@@ -98,6 +112,7 @@ def fit(
     max_rounds,
     stain_reference,
     stain_method,
+    mpp,
     threads,
     quiet,
 ) -> None:
@@ -122,6 +137,18 @@ def fit(
     from mcf_fast.pipeline.mcf import MCF
 
     templates = TemplateSet.load(templates_path)
+    if mpp is None:
+        from mcf_fast.cli.templates import image_mpp
+
+        mpp = templates.meta.get("mpp") or image_mpp(paths[0])
+    if mpp is None:
+        click.echo(
+            "warning: the pixel size is unknown (give --mpp): slides and images will be "
+            "processed at whatever scale they come in",
+            err=True,
+        )
+    else:
+        templates.meta["mpp"] = float(mpp)  # the bundle records it (templates.json, model.json)
     config = PRESETS[preset]
     changes = {"device": device}
     if seed is not None:
@@ -240,6 +267,54 @@ def write_prediction(
     return [lpath, cpath, gpath, opath]
 
 
+def _scale_to_model(model, mpp: float | None) -> float | None:
+    """The resampling factor to the model's pixel size (None: none), with a message."""
+    model_mpp = model.templates.meta.get("mpp")
+    if model_mpp is None or mpp is None:
+        which = "the model records no mpp" if model_mpp is None else "no --mpp"
+        click.echo(
+            f"warning: the scale is unknown ({which}): images are segmented at the scale "
+            "they come in",
+            err=True,
+        )
+        return None
+    if abs(mpp / model_mpp - 1) <= 0.02:
+        return None
+    scale = mpp / model_mpp
+    click.echo(
+        f"images at {mpp:g} um/px, model at {model_mpp:g} um/px: resampling by {scale:.3g}",
+        err=True,
+    )
+    return scale
+
+
+def predict_rescaled(model, image: np.ndarray, scale: float):
+    """``model.predict`` on the image resampled by ``scale``, results mapped back.
+
+    Labels return to the image's grid by nearest neighbour, the probability bilinearly;
+    centres are the centroids of the mapped labels.
+    """
+    from types import SimpleNamespace
+
+    from skimage.transform import resize
+
+    from mcf_fast.pipeline.instances import nucleus_table
+
+    h, w = image.shape[:2]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    small = resize(image, size, order=1, preserve_range=True, anti_aliasing=scale < 1)
+    pred = model.predict(np.clip(np.round(small), 0, 255).astype(np.uint8))
+    labels = resize(
+        np.asarray(pred.labels), (h, w), order=0, preserve_range=True, anti_aliasing=False
+    ).astype(np.asarray(pred.labels).dtype)
+    prob = resize(np.asarray(pred.probability, np.float32), (h, w), order=1, preserve_range=True)
+    table = nucleus_table(labels, image)
+    centres = np.stack([table["y"], table["x"]], axis=1) if len(table) else np.zeros((0, 2))
+    return SimpleNamespace(
+        labels=labels, probability=prob.astype(np.float32), centres=centres, table=table
+    )
+
+
 @click.command("predict", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
@@ -267,7 +342,8 @@ def write_prediction(
     "--mpp",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Microns per pixel of the images (for the µm measurements).",
+    help="Microns per pixel of the images (the µm measurements; with a model that records "
+    "its mpp, images are resampled to the model's scale and results mapped back).",
 )
 @click.option("--gzip", "gzip_geojson", is_flag=True, help="Write <name>.geojson.gz (gzip).")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
@@ -309,6 +385,7 @@ def predict(
         if flips is not None:
             seg = dataclasses.replace(model.config.segmentation, tta_flips=flips)
             model.config = dataclasses.replace(model.config, segmentation=seg)
+        scale = _scale_to_model(model, mpp)
         total, skipped = 0, 0
 
         def one(p: Path) -> None:
@@ -317,7 +394,7 @@ def predict(
                 skipped += 1
                 return
             image = read_image(p)
-            pred = model.predict(image)
+            pred = model.predict(image) if scale is None else predict_rescaled(model, image, scale)
             folder.write_set(
                 p.stem,
                 p,

@@ -9,6 +9,39 @@ import click
 from mcf_fast.errors import McfError
 
 
+def _to_model_scale(reader, model: str):
+    """The reader resampled to the pixel size the model records (a warning when unknown)."""
+    if model == "blob":
+        return reader
+    from mcf_fast.io.slides import ScaledReader
+
+    if Path(model).suffix.lower() == ".json":
+        from mcf_fast.io.templates import TemplateSet
+
+        model_mpp = TemplateSet.load(model).meta.get("mpp")
+    else:
+        from mcf_fast.pipeline.bundle import bundle_mpp
+
+        model_mpp = bundle_mpp(model)
+    if model_mpp is None or reader.mpp is None:
+        which = "the model records no mpp" if model_mpp is None else "the slide has no mpp"
+        click.echo(
+            f"warning: the scale is unknown ({which}; --mpp gives the slide's): the model "
+            "sees the pixels of --level as they are",
+            err=True,
+        )
+        return reader
+    scale = reader.mpp / float(model_mpp)
+    if abs(scale - 1) <= 0.02:
+        return reader
+    click.echo(
+        f"{reader.name}: level at {reader.mpp:g} um/px, model at {model_mpp:g} um/px: "
+        f"resampling by {scale:.3g}; outputs stay in level-0 coordinates",
+        err=True,
+    )
+    return ScaledReader(reader, scale)
+
+
 @click.command("slide")
 @click.argument("slide_path", metavar="SLIDE", type=click.Path(exists=True))
 @click.option(
@@ -106,8 +139,9 @@ def slide(
 ) -> None:
     """Find and outline the nuclei of a whole SLIDE, tile by tile, on dask.
 
-    Writes to OUT: labels.zarr (instance labels, chunked), nuclei.geojson (QuPath
-    detections with outlines and measurements), nuclei.csv (one row per nucleus),
+    Writes to OUT: labels.zarr (instance labels, an OME-Zarr label pyramid),
+    nuclei.geojson (QuPath detections with outlines and measurements), nuclei.csv (one row
+    per nucleus),
     overlay.png (downsampled), report.json and run.log.  Tiles that cannot be read are
     reported and the command exits with status 1 after finishing the others; run it again
     to retry them.
@@ -126,6 +160,7 @@ def slide(
             "or pass --detector-only to run the detector anyway"
         )
     reader = open_slide(slide_path, level=level, mpp=mpp, backend=backend)
+    reader = _to_model_scale(reader, model)
     source = model if model == "blob" else str(Path(model).resolve())
     report = run_slide(
         reader,

@@ -36,8 +36,15 @@ def templates() -> None:
     type=click.Path(dir_okay=False),
     help="Template-set file to write (.json).",
 )
+@click.option(
+    "--mpp",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Microns per pixel of the images, recorded in the set (models fitted on it "
+    "resample slides and images to this scale).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def select(data: str, n: int, seed: int, out: str, quiet: bool) -> None:
+def select(data: str, n: int, seed: int, out: str, mpp: float | None, quiet: bool) -> None:
     """Choose N template nuclei from a dataset with masks, deterministically.
 
     k-means over per-nucleus colour (Lab of the mean RGB) and log area; the nucleus nearest
@@ -47,6 +54,7 @@ def select(data: str, n: int, seed: int, out: str, quiet: bool) -> None:
     from mcf_fast.io.templates import select_templates
 
     ts = select_templates(data, n=n, seed=seed, progress=not quiet)
+    _record_mpp(ts, mpp)
     ts.save(out)
     click.echo(
         f"{out}: {len(ts)} templates from {ts.meta['n_candidates']} candidate nuclei "
@@ -99,6 +107,13 @@ def select(data: str, n: int, seed: int, out: str, quiet: bool) -> None:
     "(required when the export mixes classes).",
 )
 @click.option(
+    "--mpp",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Microns per pixel of the images, recorded in the set (models fitted on it "
+    "resample slides and images to this scale) [default: from the image's metadata].",
+)
+@click.option(
     "--regions",
     type=click.Choice(["error", "skip", "centroid"]),
     default="error",
@@ -114,6 +129,7 @@ def from_points(
     name: str | None,
     class_name: str | None,
     regions: str,
+    mpp: float | None,
 ) -> None:
     """Make a template set from points marked on one image.
 
@@ -138,8 +154,33 @@ def from_points(
     ts.meta["points"] = Path(points).name
     if class_name is not None:
         ts.meta["class"] = class_name
+    if mpp is None:
+        mpp = image_mpp(image)
+    _record_mpp(ts, mpp)
     ts.save(out)
     click.echo(f"{out}: {len(ts)} templates of {size} px from {Path(points).name}")
+
+
+def image_mpp(path: str | Path) -> float | None:
+    """Microns per pixel from an image's metadata (TIFF resolution, slide properties)."""
+    from mcf_fast.errors import McfError
+    from mcf_fast.io.slides import open_slide
+
+    try:
+        return open_slide(path).mpp
+    except McfError:
+        return None
+
+
+def _record_mpp(ts, mpp: float | None) -> None:
+    if mpp is None:
+        click.echo(
+            "warning: the pixel size is unknown (no --mpp, none in the image); models fitted "
+            "on this set cannot bring slides and images to its scale",
+            err=True,
+        )
+    else:
+        ts.meta["mpp"] = float(mpp)
 
 
 @templates.command("show")

@@ -8,7 +8,7 @@ filled in place under a temporary name and renamed when the run is complete
 
 Coordinates in the GeoJSON and the CSV are level-0 pixels, x to the right and y down,
 pixel corners on integers (the convention QuPath uses), whatever pyramid level was
-processed; the Zarr labels keep the processed level's grid.
+processed; the Zarr labels (an OME-Zarr label pyramid) keep the processed level's grid.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ __all__ = [
     "concat_geojson",
     "open_label_store",
     "finish_label_store",
+    "label_array_path",
     "overlay",
 ]
 
@@ -555,15 +556,23 @@ def concat_geojson(path: str | os.PathLike, fragments: Iterable[str]) -> None:
         f.write("\n]}\n")
 
 
+#: the array of the full-resolution labels inside the label store (OME-Zarr level 0)
+LABEL_ARRAY = "0"
+#: OME-NGFF version of the label store's metadata (Zarr v3)
+NGFF_VERSION = "0.5"
+
+
 def open_label_store(
     path: str | os.PathLike, *, shape: tuple[int, int], chunk: int, attrs: dict[str, Any]
 ):
-    """Create, or reopen to resume, the Zarr instance-label array of a run.
+    """Create, or reopen to resume, the instance-label store of a run; return its level 0.
 
-    The array is written under ``<path>.partial`` and becomes ``path`` in
-    :func:`finish_label_store`; a finished store found at ``path`` is moved back so that a
-    re-run can update it.  int64 (slide-wide ids), 0 = background, chunks of ``chunk``
-    pixels aligned with the tile cores.
+    The store is an OME-Zarr group (Zarr v3) whose array ``0`` holds the labels at the
+    processed level: int64 (slide-wide ids), 0 = background, chunks of ``chunk`` pixels
+    aligned with the tile cores.  It is written under ``<path>.partial`` and becomes
+    ``path`` in :func:`finish_label_store`, which adds the downsampled levels and the
+    NGFF metadata; a finished store found at ``path`` is moved back so that a re-run can
+    update it.
 
     Raises
     ------
@@ -577,7 +586,7 @@ def open_label_store(
     if final.exists() and not partial.exists():
         os.replace(final, partial)
     if partial.exists():
-        z = zarr.open_array(str(partial), mode="r+")
+        z = zarr.open_array(str(partial / LABEL_ARRAY), mode="r+")
         if tuple(z.shape) != tuple(shape):
             raise InputError(
                 f"{partial}: existing label store has shape {z.shape}, "
@@ -587,19 +596,93 @@ def open_label_store(
     tmp = final.with_name(final.name + ".creating")
     if tmp.exists():
         shutil.rmtree(tmp)
-    z = zarr.create_array(
-        str(tmp), shape=tuple(shape), chunks=(chunk, chunk), dtype="int64", fill_value=0
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    z = group.create_array(
+        LABEL_ARRAY, shape=tuple(shape), chunks=(chunk, chunk), dtype="int64", fill_value=0
     )
     z.attrs.update(attrs)
     os.replace(tmp, partial)
-    return zarr.open_array(str(partial), mode="r+")
+    return zarr.open_array(str(partial / LABEL_ARRAY), mode="r+")
 
 
-def finish_label_store(path: str | os.PathLike) -> Path:
-    """Give the completed store its final name (see :func:`open_label_store`)."""
+def label_array_path(path: str | os.PathLike) -> Path:
+    """Where the level-0 array of a label store (final or ``.partial``) lives."""
+    return Path(path) / LABEL_ARRAY
+
+
+def _ngff_metadata(n_levels: int, *, mpp: float | None, downsample: float) -> dict[str, Any]:
+    """OME-NGFF 0.5 ``multiscales`` and ``image-label`` metadata of the label pyramid.
+
+    Scales are in micrometres when the pixel size is known, else in level-0 pixels.
+    """
+    unit = mpp is not None
+    base = float(mpp) if unit else float(downsample)
+    axes = [{"name": a, "type": "space", **({"unit": "micrometer"} if unit else {})} for a in "yx"]
+    datasets = [
+        {
+            "path": str(k),
+            "coordinateTransformations": [{"type": "scale", "scale": [base * 2**k] * 2}],
+        }
+        for k in range(n_levels)
+    ]
+    return {
+        "version": NGFF_VERSION,
+        "multiscales": [{"name": "nuclei", "axes": axes, "datasets": datasets}],
+        "image-label": {"version": NGFF_VERSION, "colors": []},
+    }
+
+
+def _downsample_level(src, dst, block: int) -> None:
+    """dst = src[::2, ::2] (nearest: labels stay labels), block by block."""
+    h, w = dst.shape
+    for y in range(0, h, block):
+        for x in range(0, w, block):
+            y1, x1 = min(h, y + block), min(w, x + block)
+            dst[y:y1, x:x1] = src[2 * y : 2 * y1 : 2, 2 * x : 2 * x1 : 2]
+
+
+def finish_label_store(
+    path: str | os.PathLike,
+    *,
+    mpp: float | None = None,
+    downsample: float = 1.0,
+    min_side: int = 256,
+) -> Path:
+    """Complete the label store and give it its final name (see :func:`open_label_store`).
+
+    Adds levels ``1, 2, ...`` (each half the previous, nearest-neighbour, until the longer
+    side is at most ``min_side``) and the OME-NGFF 0.5 metadata (multiscales with the pixel
+    size, ``image-label``), so that OME-Zarr readers (ome-zarr-py, napari, QuPath) open it
+    as a label image with its scale.
+
+    Parameters
+    ----------
+    path : path-like
+    mpp : float, optional
+        Microns per pixel of level 0 of the store (the processed slide level).
+    downsample : float
+        Slide level-0 pixels per store pixel (the scale when ``mpp`` is unknown).
+    min_side : int
+    """
+    import zarr
+
     final = Path(path)
     partial = final.with_name(final.name + ".partial")
     if partial.exists():
+        group = zarr.open_group(str(partial), mode="r+")
+        level = group[LABEL_ARRAY]
+        n = 1
+        while max(level.shape) > min_side:
+            shape = (-(-level.shape[0] // 2), -(-level.shape[1] // 2))
+            chunk = level.chunks
+            nxt = group.create_array(
+                str(n), shape=shape, chunks=chunk, dtype="int64", fill_value=0, overwrite=True
+            )
+            _downsample_level(level, nxt, max(chunk))
+            level, n = nxt, n + 1
+        for stale in [k for k in group.array_keys() if k.isdigit() and int(k) >= n]:
+            del group[stale]
+        group.attrs["ome"] = _ngff_metadata(n, mpp=mpp, downsample=downsample)
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)

@@ -350,6 +350,71 @@ class OpenSlideReader(TiffSlideReader):
 UNREADABLE_GREY = 128
 
 
+class ScaledReader(SlideReader):
+    """A reader that resamples another one by a constant factor (bilinear).
+
+    Used to bring a slide to the pixel size a model was fitted at: every coordinate the run
+    writes is mapped back to level 0 through :attr:`downsample`.  Pixel ``(i, j)`` of this
+    reader is the base image interpolated at ``((i + 0.5) / scale - 0.5, (j + 0.5) / scale
+    - 0.5)``, a function of the pixel alone, so overlapping tiles read identical values.
+
+    Parameters
+    ----------
+    base : SlideReader
+    scale : float
+        Pixels of this reader per base pixel (0.5 halves the resolution).
+
+    Raises
+    ------
+    InputError
+        If ``scale`` is not positive.
+    """
+
+    def __init__(self, base: SlideReader, scale: float) -> None:
+        if not (scale > 0 and math.isfinite(scale)):
+            raise InputError(f"scale: expected a positive number, got {scale!r}")
+        self.base = base
+        self.scale = float(scale)
+        H, W = base.shape
+        self.shape = (max(1, round(H * self.scale)), max(1, round(W * self.scale)))
+        self.mpp = None if base.mpp is None else base.mpp / self.scale
+        self.downsample = base.downsample / self.scale
+        self.name = base.name
+
+    def _coords(self, start: int, n: int, limit: int) -> np.ndarray:
+        c = (np.arange(start, start + n, dtype=np.float64) + 0.5) / self.scale - 0.5
+        return np.clip(c, 0.0, limit - 1.0)
+
+    def _read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        from scipy import ndimage as ndi
+
+        H, W = self.base.shape
+        cy, cx = self._coords(y, h, H), self._coords(x, w, W)
+        y0, x0 = int(math.floor(cy[0])), int(math.floor(cx[0]))
+        y1, x1 = min(H, int(math.floor(cy[-1])) + 2), min(W, int(math.floor(cx[-1])) + 2)
+        src = self.base.read_region(y0, x0, y1 - y0, x1 - x0).astype(np.float32)
+        gy, gx = np.meshgrid(cy - y0, cx - x0, indexing="ij")
+        out = np.empty((h, w, 3), np.float32)
+        for ch in range(3):
+            out[:, :, ch] = ndi.map_coordinates(src[:, :, ch], [gy, gx], order=1, mode="nearest")
+        return np.ascontiguousarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
+
+    def thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
+        """The base reader's thumbnail, resized to this reader's integer step."""
+        from skimage.transform import resize
+
+        if max_side < 1:
+            raise InputError(f"thumbnail: max_side must be positive, got {max_side}")
+        step = max(1, math.ceil(max(self.shape) / max_side))
+        size = (-(-self.shape[0] // step), -(-self.shape[1] // step))
+        img, _ = self.base.thumbnail(max_side)
+        small = resize(img, size, order=1, preserve_range=True, anti_aliasing=False)
+        return np.clip(np.round(small), 0, 255).astype(np.uint8), float(step)
+
+    def close(self) -> None:
+        self.base.close()
+
+
 def _read_robust(
     read, y: int, x: int, h: int, w: int, *, name: str, block: int = 512
 ) -> np.ndarray:

@@ -29,7 +29,7 @@ from mcf_fast.io.images import atomic_path
 if TYPE_CHECKING:
     from mcf_fast.pipeline.mcf import MCFModel
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "load_bundle", "save_bundle"]
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "bundle_mpp", "load_bundle", "save_bundle"]
 
 #: value of ``format`` in model.json
 BUNDLE_FORMAT = "mcf_fast.model"
@@ -80,6 +80,8 @@ def save_bundle(model: MCFModel, path: str | os.PathLike) -> Path:
         "stain": model.stain.to_dict() if model.stain is not None else None,
         "network": network,
         "members": sorted(members),
+        # microns per pixel of the images the model was fitted on (None: unknown)
+        "mpp": model.templates.meta.get("mpp"),
     }
     with atomic_path(final) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -118,6 +120,22 @@ def _load_weights(raw: bytes) -> dict[str, Any]:
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
         # torch's message suggests weights_only=False, which would run the file's code
         raise ValueError(f"not a weights file of tensors ({type(exc).__name__})") from exc
+
+
+def bundle_mpp(path: str | os.PathLike) -> float | None:
+    """The microns per pixel a bundle was fitted at (None when unknown), read cheaply.
+
+    Raises
+    ------
+    FormatError
+        If the file is not a model bundle.
+    """
+    p = Path(path)
+    if not zipfile.is_zipfile(p):
+        raise FormatError(f"{p}: not a model bundle (not a zip file)")
+    with zipfile.ZipFile(p) as zf:
+        mpp = _read_doc(zf, p).get("mpp")
+    return float(mpp) if mpp is not None else None
 
 
 def load_bundle(path: str | os.PathLike, *, device: str = "cpu") -> MCFModel:

@@ -55,6 +55,7 @@ from mcf_fast.io.export import (
     csv_fragment,
     finish_label_store,
     geojson_fragment,
+    label_array_path,
     measure_nuclei,
     open_label_store,
     overlay,
@@ -643,7 +644,8 @@ class ModelPredictor:
             labels, centres = associate(
                 np.asarray(pred.labels), np.asarray(pred.centres, np.float64), ordered=True
             )
-            return labels, centres, (pred.probability if self.model.net is not None else None)
+            has_net = getattr(self.model, "net", None) is not None
+            return labels, centres, (getattr(pred, "probability", None) if has_net else None)
         from mcf_fast.pipeline.instances import instance_labels, nucleus_table
 
         seg = self.model.config.segmentation
@@ -1351,7 +1353,7 @@ def _run(
             reader=reader,
             predictor=predictor,
             tiles_dir=str(tiles_dir),
-            labels=str(out_dir / (LABELS + ".partial")),
+            labels=str(label_array_path(out_dir / (LABELS + ".partial"))),
             overlay_step=max(1, math.ceil(max(reader.shape) / overlay_side)),
         )
         if workers == 0 and client is None and scheduler is None:
@@ -1381,7 +1383,7 @@ def _run(
     # -- assemble the vector outputs from the result files, in tile order ------------------
     ok = [i for i in sorted(done)]
     if report.complete:
-        finish_label_store(out_dir / LABELS)
+        finish_label_store(out_dir / LABELS, mpp=reader.mpp, downsample=reader.downsample)
         labels_path = out_dir / LABELS
     else:
         labels_path = out_dir / (LABELS + ".partial")

@@ -890,6 +890,7 @@ def test_slide_at_the_model_scale_maps_results_to_level_0(slide_path, slide_imag
     scaled = _to_model_scale(reader, str(tpath))
     assert isinstance(scaled, ScaledReader) and scaled.scale == 0.5
     assert scaled.shape == (512, 640) and scaled.mpp == 1.0 and scaled.downsample == 2.0
+    assert scaled.path == reader.path  # the resume identity still sees the file
     tset.meta.pop("mpp")
     assert _to_model_scale(reader, str(tset.save(tmp_path / "u.json"))) is reader
     out = tmp_path / "run"

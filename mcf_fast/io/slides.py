@@ -380,6 +380,7 @@ class ScaledReader(SlideReader):
         self.mpp = None if base.mpp is None else base.mpp / self.scale
         self.downsample = base.downsample / self.scale
         self.name = base.name
+        self.path = getattr(base, "path", None)  # a resumed run checks the file's identity
 
     def _coords(self, start: int, n: int, limit: int) -> np.ndarray:
         c = (np.arange(start, start + n, dtype=np.float64) + 0.5) / self.scale - 0.5

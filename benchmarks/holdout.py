@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -26,10 +25,10 @@ import numpy as np
 
 
 def holdout_split(names: list[str]) -> tuple[list[str], list[str]]:
-    """(fitting, held-out) names: every third name in SHA-1 order is held out."""
-    order = sorted(names, key=lambda n: hashlib.sha1(n.encode()).hexdigest())
-    held = order[::3]
-    return [n for n in order if n not in held], held
+    """(fitting, held-out) names: the protocol's deterministic split applied to a train split."""
+    from mcf_fast.pipeline.protocol import deterministic_split
+
+    return deterministic_split(names)
 
 
 def _override(config, assignments: list[str]):

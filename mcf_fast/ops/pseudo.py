@@ -273,6 +273,19 @@ def _fill_small_holes(mask: np.ndarray, *, max_area: float) -> np.ndarray:
     return mask | small[holes]
 
 
+def _nucleus_seeds(
+    shape: tuple[int, int], centres: np.ndarray, scores: np.ndarray | None
+) -> np.ndarray:
+    """Nucleus colour samples: the pixels at and next to the centres scoring at least their
+    median (all centres without scores)."""
+    strong = centres
+    if scores is not None and len(scores) == len(centres):
+        strong = centres[np.asarray(scores) >= np.median(scores)]
+    seeds = np.zeros(shape, dtype=bool)
+    seeds[strong[:, 0], strong[:, 1]] = True
+    return ndi.binary_dilation(seeds, structure=np.ones((3, 3), bool))
+
+
 def _centre_distance(shape: tuple[int, int], centres: np.ndarray) -> np.ndarray:
     marks = np.ones(shape, dtype=bool)
     marks[centres[:, 0], centres[:, 1]] = False
@@ -303,13 +316,7 @@ def colour_posterior(
         return None
     if dist is None:
         dist = _centre_distance((h, w), c)
-    strong = c
-    if scores is not None and len(scores) == len(c):
-        strong = c[np.asarray(scores) >= np.median(scores)]
-    seeds = np.zeros((h, w), dtype=bool)
-    seeds[strong[:, 0], strong[:, 1]] = True
-    seeds = ndi.binary_dilation(seeds, structure=np.ones((3, 3), bool))
-    return nucleus_posterior(image, seeds, dist > 2.0 * radius)
+    return nucleus_posterior(image, _nucleus_seeds((h, w), c, scores), dist > 2.0 * radius)
 
 
 def gate_centres(
@@ -447,12 +454,7 @@ def pseudo_mask(
             fg |= big[free]
     bg = post < bg_posterior
     if background == "tissue":
-        strong = c
-        if scores is not None and len(scores) == len(c):
-            strong = c[np.asarray(scores) >= np.median(scores)]
-        seeds = np.zeros((h, w), dtype=bool)
-        seeds[strong[:, 0], strong[:, 1]] = True
-        seeds = ndi.binary_dilation(seeds, structure=np.ones((3, 3), bool))
+        seeds = _nucleus_seeds((h, w), c, scores)
         tissue = tissue_background(img, seeds, dist > 2.0 * r, quantile=bg_quantile)
         if tissue is not None:
             # the rim of anything nucleus-coloured is ambiguous: two pixels stay unknown

@@ -9,7 +9,14 @@ made with this script, never with a test split.
     python benchmarks/holdout.py --data ../shared/data/consep --seed 0 \
         --set segmentation.max_rounds=1 --set detection.pseudo_background='"colour"'
 
-Prints one JSON line: the settings, Dice, AJI, F1@12, PQ and the seconds taken.
+Prints one JSON line: the settings, Dice, AJI, F1@12, PQ and the seconds taken.  Each
+``--variant`` (prediction-time settings only, ``;``-separated ``part.field=JSON``) rescores
+the same fitted model, one more line each, so that labelling rules are compared without the
+run-to-run noise of a fit:
+
+    python benchmarks/holdout.py --data ../shared/data/consep \
+        --set segmentation.target='"distance"' --set segmentation.instance_seeds='"shape"' \
+        --variant 'segmentation.instance_seeds="hmaxima"' --variant 'segmentation.shape_h=0.3'
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +52,6 @@ def _override(config, assignments: list[str]):
 def main() -> None:
     from mcf_fast.io.datasets import FolderDataset
     from mcf_fast.io.templates import select_templates
-    from mcf_fast.metrics import score_arrays
     from mcf_fast.pipeline.mcf import MCF
     from mcf_fast.presets import PRESETS
 
@@ -57,6 +64,17 @@ def main() -> None:
     ap.add_argument("--max-held", type=int, default=0, help="score at most this many")
     ap.add_argument("--set", action="append", default=[], help="part.field=JSON value")
     ap.add_argument("--tag", default="")
+    ap.add_argument(
+        "--per-round",
+        action="store_true",
+        help="score after every round: fit 1 round, then resume the checkpoint for the next",
+    )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="prediction-time settings to rescore with, ';'-separated part.field=JSON",
+    )
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -73,33 +91,59 @@ def main() -> None:
     config = dataclasses.replace(
         config, segmentation=dataclasses.replace(config.segmentation, seed=args.seed)
     )
-    model = MCF(config).fit(
-        [ds.load_image(n) for n in fit_names], templates, names=fit_names, progress=False
-    )
-    items = []
-    for n in held:
-        pred = model.predict(ds.load_image(n))
-        items.append((n, pred.labels, ds.load_mask(n), np.asarray(pred.centres)))
-    agg = score_arrays(items)["aggregate"]
-    print(
-        json.dumps(
-            {
-                "data": Path(args.data).name,
-                "seed": args.seed,
-                "set": args.set,
-                "tag": args.tag,
-                "n_fit": len(fit_names),
-                "n_held": len(held),
-                **{k: round(float(agg[k]), 4) for k in ("Dice", "AJI", "F1@12", "PQ")},
-                "seconds": round(time.perf_counter() - t0, 1),
-                "rounds": [
-                    {k: e.get(k) for k in ("n_templates", "pseudo_fractions")}
-                    for e in model.history
-                ],
-            }
-        ),
-        flush=True,
-    )
+    fit_images = [ds.load_image(n) for n in fit_names]
+    images = {n: ds.load_image(n) for n in held}
+    rounds = config.segmentation.max_rounds
+    with tempfile.TemporaryDirectory() as ckpt:
+        for r in range(1, rounds + 1) if args.per_round else [rounds]:
+            cfg = dataclasses.replace(
+                config, segmentation=dataclasses.replace(config.segmentation, max_rounds=r)
+            )
+            model = MCF(cfg).fit(
+                fit_images,
+                templates,
+                names=fit_names,
+                progress=False,
+                checkpoint_dir=Path(ckpt),
+                resume=True,
+            )
+            if len(model.history) < r:  # the loop stopped early: no later round to score
+                break
+            _score(args, cfg, model, ds, fit_names, held, images, time.perf_counter() - t0)
+
+
+def _score(args, config, model, ds, fit_names, held, images, seconds) -> None:
+    from mcf_fast.metrics import score_arrays
+
+    for variant in ["", *args.variant]:
+        assignments = [a for a in variant.split(";") if a.strip()]
+        model.config = _override(config, assignments)
+        items = []
+        for n in held:
+            pred = model.predict(images[n])
+            items.append((n, pred.labels, ds.load_mask(n), np.asarray(pred.centres)))
+        agg = score_arrays(items)["aggregate"]
+        print(
+            json.dumps(
+                {
+                    "data": Path(args.data).name,
+                    "seed": args.seed,
+                    "set": args.set,
+                    "variant": assignments,
+                    "tag": args.tag,
+                    "n_fit": len(fit_names),
+                    "n_held": len(held),
+                    "round": len(model.history),
+                    **{k: round(float(agg[k]), 4) for k in ("Dice", "AJI", "F1@12", "PQ")},
+                    "seconds": round(seconds, 1),
+                    "rounds": [
+                        {k: e.get(k) for k in ("n_templates", "pseudo_fractions")}
+                        for e in model.history
+                    ],
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

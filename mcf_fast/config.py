@@ -293,10 +293,20 @@ class SegmentationConfig:
     threshold: float = 0.5
     min_nucleus_area: int = 50
     #: watershed seeds: "hmaxima" (h-maxima of the distance transform, height instance_h),
-    #: "distance" (distance-transform maxima at least 8 px apart) or "centres" (detected,
-    #: plus one per unseeded component); see mcf_fast.pipeline.instances for the comparison
+    #: "distance" (distance-transform maxima at least 8 px apart), "centres" (detected,
+    #: plus one per unseeded component) or "shape" (h-maxima of the network's predicted
+    #: distance map, height shape_h; needs target="distance"); see
+    #: mcf_fast.pipeline.instances for the comparison
     instance_seeds: str = "hmaxima"
     instance_h: float = 1.0
+    #: what the network learns besides the nucleus mask (ours): "binary" (the mask alone,
+    #: the paper's target) or "distance" (also each confident nucleus pixel's distance to
+    #: its pseudo instance's edge, normalised to 1 at its centre; mcf_fast.ops.shape)
+    target: str = "binary"
+    #: weight of the distance map's loss beside the mask's (target="distance")
+    distance_weight: float = 1.0
+    #: least height of a seed of the predicted distance map, in its units (0..1)
+    shape_h: float = 0.2
     #: inference tile side and test-time flips (ours)
     tile: int = 1024
     tta_flips: bool = False
@@ -383,13 +393,36 @@ class SegmentationConfig:
             "a positive number",
         )
         _check(
-            self.instance_seeds in ("centres", "distance", "hmaxima"),
+            self.instance_seeds in ("centres", "distance", "hmaxima", "shape"),
             c,
             "instance_seeds",
             self.instance_seeds,
-            "'centres', 'distance' or 'hmaxima'",
+            "'centres', 'distance', 'hmaxima' or 'shape'",
         )
         _check(self.instance_h > 0, c, "instance_h", self.instance_h, "a positive number")
+        _check(
+            self.target in ("binary", "distance"),
+            c,
+            "target",
+            self.target,
+            "'binary' or 'distance'",
+        )
+        _check(
+            self.instance_seeds != "shape" or self.target == "distance",
+            c,
+            "instance_seeds",
+            self.instance_seeds,
+            "a mode other than 'shape' with target='binary' (no distance map to seed from)",
+        )
+        _check(
+            self.distance_weight >= 0,
+            c,
+            "distance_weight",
+            self.distance_weight,
+            "a non-negative number",
+        )
+        _unit(c, "shape_h", self.shape_h)
+        _check(self.shape_h > 0, c, "shape_h", self.shape_h, "a number in (0, 1]")
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,13 @@ def _check_device(device: str) -> None:
 )
 @click.option("--max-rounds", type=int, default=None, help="Override the preset's rounds.")
 @click.option(
+    "--target",
+    type=click.Choice(["binary", "distance"]),
+    default=None,
+    help="What the U-Net learns: the mask alone, or also each nucleus' distance map, whose "
+    "peaks then seed the instances [default: the preset's].",
+)
+@click.option(
     "--stain-reference",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
@@ -110,6 +117,7 @@ def fit(
     resume,
     checkpoint_dir,
     max_rounds,
+    target,
     stain_reference,
     stain_method,
     mpp,
@@ -155,6 +163,10 @@ def fit(
         changes["seed"] = seed
     if max_rounds is not None:
         changes["max_rounds"] = max_rounds
+    if target == "distance":
+        changes.update(target="distance", instance_seeds="shape")
+    elif target == "binary" and config.segmentation.target != "binary":
+        changes.update(target="binary", instance_seeds="hmaxima")
     config = dataclasses.replace(
         config, segmentation=dataclasses.replace(config.segmentation, **changes)
     )

@@ -18,6 +18,11 @@ usual cross-entropy for hard targets:
 Synthetic samples (:class:`SyntheticSampler`) are fully labelled, so in a mixed batch they get
 plain cross-entropy whatever the loss.  Training crops are random, with a random one of the
 eight flips/rotations of the square.
+
+With ``SegmentationConfig.target = "distance"`` the network has a third output channel, the
+logit of each pixel's normalised distance to its nucleus' edge (:mod:`mcf_fast.ops.shape`),
+trained by binary cross-entropy against the distance targets on the pixels where they are
+known, weighted by ``distance_weight``; synthetic crops carry no distance target.
 """
 
 from __future__ import annotations
@@ -41,8 +46,10 @@ __all__ = [
     "SyntheticSampler",
     "build_unet",
     "deterministic",
+    "distance_loss",
     "dihedral",
     "jitter_stain",
+    "predict_maps",
     "predict_proba",
     "segmentation_loss",
     "self_targets",
@@ -56,7 +63,8 @@ def build_unet(config: SegmentationConfig, *, seed: int | None = None) -> UNet:
     """A freshly initialised U-Net of the configured width and depth (seeded)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed if seed is None else seed)
-        return UNet(width=config.width, depth=config.depth)
+        n_classes = 3 if config.target == "distance" else 2
+        return UNet(width=config.width, depth=config.depth, n_classes=n_classes)
 
 
 @contextlib.contextmanager
@@ -138,6 +146,26 @@ def segmentation_loss(
         weight = torch.where(keep, weight, torch.full_like(weight, unknown_weight))
     total = weight.sum()
     return (weight * per_pixel).sum() / total.clamp(min=1)
+
+
+def distance_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of distance logits against a distance map in [0, 1] (NaN = ignore).
+
+    Parameters
+    ----------
+    logits : Tensor, shape (B, H, W)
+    target : Tensor, shape (B, H, W), float
+
+    Returns
+    -------
+    Tensor
+        The mean over the known pixels (0, with a gradient, when none is known).
+    """
+    keep = torch.isfinite(target)
+    t = torch.where(keep, target, torch.zeros_like(target))
+    per_pixel = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    weight = keep.to(per_pixel.dtype)
+    return (weight * per_pixel).sum() / weight.sum().clamp(min=1)
 
 
 def self_targets(p1: np.ndarray, *, t2: float, t3: float) -> np.ndarray:
@@ -305,12 +333,13 @@ def _to_tensor(batch: np.ndarray) -> torch.Tensor:
 def _random_crop(
     img: np.ndarray, tgt: np.ndarray, size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    h, w = tgt.shape
+    h, w = tgt.shape[:2]
     if h < size or w < size:  # pad small images; padded pixels are ignored
         ph, pw = max(0, size - h), max(0, size - w)
         img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="edge")
-        tgt = np.pad(tgt, ((0, ph), (0, pw)), constant_values=np.nan)
-        h, w = tgt.shape
+        extra = ((0, 0),) * (tgt.ndim - 2)
+        tgt = np.pad(tgt, ((0, ph), (0, pw), *extra), constant_values=np.nan)
+        h, w = tgt.shape[:2]
     y = int(rng.integers(h - size + 1))
     x = int(rng.integers(w - size + 1))
     k = int(rng.integers(8))
@@ -383,6 +412,7 @@ def train_unet(
     log: list[float] | None = None,
     desc: str = "train U-Net",
     unknown_weight: float | None = None,
+    distances: Sequence[np.ndarray] | None = None,
 ) -> torch.nn.Module:
     """Train (or continue training) the U-Net on random crops of images and targets.
 
@@ -411,6 +441,9 @@ def train_unet(
         Label of the progress bar.
     unknown_weight : float, optional
         Overrides ``config.unknown_weight`` (see :func:`segmentation_loss`).
+    distances : sequence of (H, W) float32 arrays, optional
+        Distance-map targets (:func:`mcf_fast.ops.shape.distance_target`, NaN = unknown)
+        for a network with a distance channel; without them only the mask is trained.
 
     Returns
     -------
@@ -442,6 +475,22 @@ def train_unet(
     device = torch.device(config.device)
     if net is None:
         net = build_unet(config, seed=seed)
+    if distances is not None:
+        if len(distances) != len(imgs):
+            raise InputError(f"train_unet: {len(imgs)} images but {len(distances)} distances")
+        if getattr(net, "hparams", {}).get("n_classes", 2) < 3:
+            raise ConfigError(
+                "train_unet: distance targets need a network with a distance channel "
+                "(SegmentationConfig.target = 'distance')"
+            )
+        for i, (t, d) in enumerate(zip(tgts, distances, strict=True)):
+            if np.shape(d) != t.shape:
+                raise InputError(f"distances[{i}]: shape {np.shape(d)} does not match {t.shape}")
+        # crop the mask and distance targets together
+        tgts = [
+            np.stack([t, np.asarray(d, np.float32)], axis=-1)
+            for t, d in zip(tgts, distances, strict=True)
+        ]
     multiple = getattr(net, "multiple", 1)
     size = config.crop_size
     if size % multiple:
@@ -459,22 +508,27 @@ def train_unet(
         n_syn = int(round(config.batch_size * config.synthetic_fraction))
     n_real = config.batch_size - n_syn
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    channels = 2 if distances is not None else 1
     for _ in bar:
         xb = np.empty((config.batch_size, size, size, 3), np.uint8)
-        yb = np.empty((config.batch_size, size, size), np.float32)
+        yb = np.full((config.batch_size, size, size, channels), np.nan, np.float32)
         for b in range(n_real):
             i = int(rng.integers(len(imgs)))
-            xb[b], yb[b] = _random_crop(imgs[i], tgts[i], size, rng)
+            xb[b], t = _random_crop(imgs[i], tgts[i], size, rng)
+            yb[b] = t.reshape(size, size, channels)
         for b in range(n_real, config.batch_size):
             xb[b], t = synthetic.sample(rng, size)
-            yb[b] = t
+            yb[b, ..., 0] = t
         if config.augment_stain > 0:
             xb = jitter_stain(xb, config.augment_stain, rng)
         if config.augment_colour > 0:
             xb = _jitter_colour(xb, config.augment_colour, rng)
         x = _to_tensor(xb).to(device)
         y = torch.from_numpy(yb).to(device)
-        value = segmentation_loss(net(x), y, loss=loss, unknown_weight=unknown_weight)
+        out = net(x)
+        value = segmentation_loss(out[:, :2], y[..., 0], loss=loss, unknown_weight=unknown_weight)
+        if distances is not None and config.distance_weight > 0:
+            value = value + config.distance_weight * distance_loss(out[:, 2], y[..., 1])
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()
@@ -532,6 +586,29 @@ def predict_proba(
     ndarray, shape (H, W), float32
         Foreground probability in [0, 1].
     """
+    return predict_maps(net, image, device=device, tile=tile, flips=flips, halo=halo)[0]
+
+
+def predict_maps(
+    net: torch.nn.Module,
+    image: np.ndarray,
+    *,
+    device: str | torch.device = "cpu",
+    tile: int = 512,
+    flips: bool = False,
+    halo: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The nucleus probability and, for a network with a distance channel, its distance map.
+
+    Same parameters and tiling as :func:`predict_proba`.
+
+    Returns
+    -------
+    probability : ndarray, shape (H, W), float32
+    distance : ndarray, shape (H, W), float32, or None
+        The predicted normalised distance to the nucleus edge (0..1; see
+        :mod:`mcf_fast.ops.shape`); None for a two-class network.
+    """
     img = as_rgb_uint8(image)
     multiple = getattr(net, "multiple", 1)
     if halo is None:
@@ -543,9 +620,17 @@ def predict_proba(
         )
     h, w = img.shape[:2]
     device = torch.device(device)
+    with_distance = getattr(net, "hparams", {}).get("n_classes", 2) >= 3
     out = np.empty((h, w), np.float32)
+    dist = np.empty((h, w), np.float32) if with_distance else None
     was_training = net.training
     net.eval()
+
+    def unflip(q: torch.Tensor) -> torch.Tensor:
+        if not flips:
+            return q[0]
+        return (q[0] + q[1].flip(1) + q[2].flip(0) + q[3].flip(0, 1)) / 4.0
+
     try:
         with torch.inference_mode():
             for y0 in range(0, h, tile):
@@ -557,13 +642,13 @@ def predict_proba(
                     x = _to_tensor(block[None]).to(device)
                     if flips:
                         x = torch.cat([x, x.flip(3), x.flip(2), x.flip(2, 3)])
-                    p = torch.softmax(net(x), dim=1)[:, 1]
-                    if flips:
-                        p = (p[0] + p[1].flip(1) + p[2].flip(0) + p[3].flip(0, 1)) / 4.0
-                    else:
-                        p = p[0]
-                    p = p.float().cpu().numpy()
-                    out[y0:y1, x0:x1] = p[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
+                    logits = net(x)
+                    keep = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
+                    p = unflip(torch.softmax(logits[:, :2], dim=1)[:, 1])
+                    out[y0:y1, x0:x1] = p.float().cpu().numpy()[keep]
+                    if dist is not None:
+                        d = unflip(torch.sigmoid(logits[:, 2]))
+                        dist[y0:y1, x0:x1] = d.float().cpu().numpy()[keep]
     finally:
         net.train(was_training)
-    return out
+    return out, dist

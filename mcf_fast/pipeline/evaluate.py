@@ -509,11 +509,16 @@ def _run_watershed(
 
 
 def _run_supervised(ctx: _Context, *, stain: str, normalizer: Any, folder: str) -> dict[str, Any]:
-    from mcf_fast.models.train import predict_proba, train_unet
-    from mcf_fast.pipeline.instances import instance_labels
+    from mcf_fast.models.train import predict_maps, train_unet
+    from mcf_fast.ops.shape import distance_target
+    from mcf_fast.pipeline.instances import instance_labels, label_options
 
     seg = ctx.config.segmentation
-    targets = [(m > 0).astype(np.int8) for m in ctx.train.masks()]
+    masks = ctx.train.masks()
+    targets = [(m > 0).astype(np.int8) for m in masks]
+    distances = None
+    if seg.target == "distance":
+        distances = [distance_target(m, np.ones(m.shape, bool)) for m in masks]
     t0 = time.perf_counter()
     net = train_unet(
         ctx.images("train", stain, normalizer),
@@ -522,19 +527,15 @@ def _run_supervised(ctx: _Context, *, stain: str, normalizer: Any, folder: str) 
         loss="ce",
         progress=ctx.progress,
         desc="train supervised U-Net",
+        distances=distances,
     )
     fit_s = time.perf_counter() - t0
 
     def predict(i: int, image: np.ndarray) -> tuple[np.ndarray, None]:
-        p1 = predict_proba(net, image, device=seg.device, tile=seg.tile, flips=seg.tta_flips)
+        p1, energy = predict_maps(net, image, device=seg.device, tile=seg.tile, flips=seg.tta_flips)
         # 0.5: trained on full masks, its probability has no unknown-pixel bias to offset
-        labels = instance_labels(
-            p1,
-            threshold=0.5,
-            min_area=seg.min_nucleus_area,
-            seeds=seg.instance_seeds,
-            h=seg.instance_h,
-        )
+        options = {**label_options(seg, energy=energy is not None), "threshold": 0.5}
+        labels = instance_labels(p1, energy=energy, **options)
         return labels, None
 
     res = _score_and_write(

@@ -6,8 +6,11 @@ that fall inside it (``seeds="centres"``; a component no centre falls in gets on
 distance maximum), by the maxima of the smoothed distance transform at least
 ``min_distance`` apart (``seeds="distance"``), or by its h-maxima: the plateaus that stand at
 least ``h`` pixels above every path to a higher one (``seeds="hmaxima"``, the default of
-:class:`~mcf_fast.config.SegmentationConfig`).  Small components are dropped before the
-split and instances smaller than ``min_area`` pixels after it.
+:class:`~mcf_fast.config.SegmentationConfig`), or by the h-maxima of a distance map the
+network predicts (``seeds="shape"``, given as ``energy``; :mod:`mcf_fast.ops.shape`), whose
+watershed then runs on that map rather than on the mask's own distance transform.
+Small components are dropped before the split and instances smaller than ``min_area``
+pixels after it.
 
 On the 30 MoNuSeg train images (probability maps of a ``quick`` model; the train masks were
 used for this choice only), h-maxima against distance maxima 8 px apart: AJI 0.401 vs 0.399,
@@ -34,11 +37,13 @@ __all__ = [
     "fill_holes",
     "hmaxima_markers",
     "instance_labels",
+    "label_options",
     "nucleus_table",
+    "pseudo_instances",
 ]
 
 #: the watershed seeds :func:`instance_labels` knows
-SEED_MODES = ("centres", "distance", "hmaxima")
+SEED_MODES = ("centres", "distance", "hmaxima", "shape")
 
 #: one row per nucleus: its id in the label image, centroid (y, x), area in pixels and mean
 #: grey intensity (0..255, ITU-R BT.601 luma) of the image inside it
@@ -69,6 +74,7 @@ def instance_labels(
     seeds: str = "centres",
     min_distance: int = 8,
     h: float = 1.0,
+    energy: np.ndarray | None = None,
 ) -> np.ndarray:
     """Label each nucleus of a probability map with its own id.
 
@@ -82,12 +88,17 @@ def instance_labels(
         Foreground is ``probability > threshold``.
     min_area : int
         Instances with fewer pixels are removed.
-    seeds : {"centres", "distance", "hmaxima"}
-        Watershed seeds: detected centres, distance-transform maxima or h-maxima.
+    seeds : {"centres", "distance", "hmaxima", "shape"}
+        Watershed seeds: detected centres, distance-transform maxima, h-maxima, or the
+        h-maxima of ``energy``.
     min_distance : int
         Smallest distance between two distance-transform seeds (``"distance"``).
     h : float
-        Least height, in pixels of distance, of an h-maximum (``"hmaxima"``).
+        Least height of an h-maximum: in pixels of distance (``"hmaxima"``), in the units of
+        ``energy`` (``"shape"``).
+    energy : ndarray, shape (H, W), optional
+        The predicted distance map (0..1, peaks at nucleus centres) that ``"shape"`` seeds
+        from and floods.
 
     Returns
     -------
@@ -97,7 +108,8 @@ def instance_labels(
     Raises
     ------
     InputError
-        For a probability map that is not 2-D or centres that are not (N, 2).
+        For a probability map that is not 2-D, centres that are not (N, 2), or
+        ``seeds="shape"`` without an ``energy`` map of the same shape.
     """
     p = np.asarray(probability)
     if p.ndim != 2:
@@ -107,6 +119,11 @@ def instance_labels(
     mask = fill_holes(p > threshold)
     if seeds == "hmaxima":
         return _hmaxima_split(mask, h=h, min_area=min_area)
+    if seeds == "shape":
+        if energy is None or np.shape(energy) != p.shape:
+            got = None if energy is None else np.shape(energy)
+            raise InputError(f"seeds='shape' needs an energy map of shape {p.shape}, got {got}")
+        return _shape_split(mask, np.asarray(energy, np.float64), h=h, min_area=min_area)
     comps, n = ndimage.label(mask)
     if n == 0:
         return np.zeros(p.shape, np.int32)
@@ -146,6 +163,23 @@ def instance_labels(
     return _relabel(labels, min_area)
 
 
+def label_options(seg, *, energy: bool = True) -> dict:
+    """The keyword arguments of :func:`instance_labels` that a ``SegmentationConfig`` sets.
+
+    Without a predicted distance map (``energy=False``: no network, or one without a
+    distance channel) ``"shape"`` seeds fall back to ``"hmaxima"``.
+    """
+    seeds = seg.instance_seeds
+    if seeds == "shape" and not energy:
+        seeds = "hmaxima"
+    return {
+        "threshold": seg.threshold,
+        "min_area": seg.min_nucleus_area,
+        "seeds": seeds,
+        "h": seg.shape_h if seeds == "shape" else seg.instance_h,
+    }
+
+
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """``scipy.ndimage.binary_fill_holes`` of a 2-D mask, by one labelling of the background.
 
@@ -171,6 +205,47 @@ def _hmaxima_split(mask: np.ndarray, *, h: float, min_area: int) -> np.ndarray:
     markers = hmaxima_markers(dist, comps, h=h)
     labels = watershed(-dist, markers, mask=mask).astype(np.int32)
     return _relabel(labels, min_area)
+
+
+def _shape_split(mask: np.ndarray, energy: np.ndarray, *, h: float, min_area: int) -> np.ndarray:
+    comps = _relabel(ndimage.label(mask)[0], min_area)
+    mask = comps > 0
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    # a floor keeps every component's pixels positive, as the marker search expects
+    e = np.where(mask, np.maximum(ndimage.gaussian_filter(energy, 1.0), 1e-6), 0.0)
+    markers = hmaxima_markers(e, comps, h=h)
+    labels = watershed(-e, markers, mask=mask).astype(np.int32)
+    return _relabel(labels, min_area)
+
+
+def pseudo_instances(pseudo_mask: np.ndarray, centres: np.ndarray | None) -> np.ndarray:
+    """Split the confident nucleus pixels of a pseudo mask into one region per nucleus.
+
+    Each connected component of ``pseudo_mask == 1`` is divided by a watershed of its
+    distance transform seeded at the detected centres inside it; a component no centre
+    falls in is one nucleus.  These are the instances of the distance-map target
+    (:func:`mcf_fast.ops.shape.distance_target`).
+
+    Parameters
+    ----------
+    pseudo_mask : ndarray, shape (H, W), int
+        1 nucleus, 0 background, -1 unknown.
+    centres : ndarray, shape (N, 2), optional
+        Detected centres (y, x), in pixels.
+
+    Returns
+    -------
+    ndarray, shape (H, W), int32
+        0 outside the confident nucleus pixels, 1..M one id per nucleus.
+    """
+    pm = np.asarray(pseudo_mask)
+    if pm.ndim != 2:
+        raise InputError(f"pseudo_mask: expected a 2-D map, got shape {pm.shape}")
+    nucleus = (pm == 1).astype(np.float32)
+    labels = instance_labels(nucleus, centres=centres, threshold=0.5, min_area=1, seeds="centres")
+    labels[pm != 1] = 0  # instance_labels fills holes; a hole is no confident nucleus pixel
+    return _relabel(labels, 1)
 
 
 def hmaxima_markers(dist: np.ndarray, comps: np.ndarray, *, h: float) -> np.ndarray:

@@ -41,8 +41,15 @@ from tqdm.auto import tqdm
 from mcf_fast.config import MCFConfig, config_to_dict
 from mcf_fast.errors import DataError, FormatError, InputError
 from mcf_fast.io.images import as_rgb_uint8, atomic_path, read_image
+from mcf_fast.ops.shape import distance_target
 from mcf_fast.ops.tissue import is_blank
-from mcf_fast.pipeline.instances import TABLE_DTYPE, instance_labels, nucleus_table
+from mcf_fast.pipeline.instances import (
+    TABLE_DTYPE,
+    instance_labels,
+    label_options,
+    nucleus_table,
+    pseudo_instances,
+)
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -220,7 +227,10 @@ INFERENCE_ONLY = (
     "min_nucleus_area",
     "instance_seeds",
     "instance_h",
+    "shape_h",
     "tta_flips",
+    # not a prediction setting, but a finished fit may be resumed with more rounds
+    "max_rounds",
 )
 
 
@@ -411,6 +421,12 @@ class MCF:
                         ]
                     else:
                         targets = pseudo
+                    distances = None
+                    if seg.target == "distance":
+                        distances = [
+                            distance_target(pseudo_instances(pm, d.centres), pm >= 0)
+                            for pm, d in zip(pseudo, detections, strict=True)
+                        ]
                     synthetic = None
                     if seg.use_synthetic:
                         synthetic = SyntheticSampler.from_pseudo_masks(
@@ -434,6 +450,7 @@ class MCF:
                         seed=base,
                         log=losses,
                         desc=f"round {r + 1}: train",
+                        distances=distances,
                     )
                     entry["seg_loss"] = _round_summary(losses)
                     entry["seg_losses"] = losses
@@ -689,7 +706,7 @@ class MCFModel:
         -------
         Prediction
         """
-        from mcf_fast.models.train import predict_proba
+        from mcf_fast.models.train import predict_maps
 
         seg = self.config.segmentation
         if isinstance(image, (str, os.PathLike)):
@@ -707,8 +724,9 @@ class MCFModel:
             if det is not None
             else np.zeros((0, 2), np.int64)
         )
+        energy = None
         if self.net is not None:
-            prob = predict_proba(
+            prob, energy = predict_maps(
                 self.net, img, device=seg.device, tile=seg.tile, flips=seg.tta_flips
             )
             fg = prob
@@ -716,12 +734,7 @@ class MCFModel:
             prob = np.asarray(det.response, np.float32)
             fg = (np.asarray(det.pseudo_mask) == 1).astype(np.float32)
         labels = instance_labels(
-            fg,
-            centres=centres,
-            threshold=seg.threshold,
-            min_area=seg.min_nucleus_area,
-            seeds=seg.instance_seeds,
-            h=seg.instance_h,
+            fg, centres=centres, energy=energy, **label_options(seg, energy=energy is not None)
         )
         table = nucleus_table(labels, img)
         return Prediction(

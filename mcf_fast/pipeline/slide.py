@@ -646,18 +646,19 @@ class ModelPredictor:
             )
             has_net = getattr(self.model, "net", None) is not None
             return labels, centres, (getattr(pred, "probability", None) if has_net else None)
-        from mcf_fast.pipeline.instances import instance_labels, nucleus_table
+        from mcf_fast.pipeline.instances import instance_labels, label_options, nucleus_table
 
         seg = self.model.config.segmentation
         img = self._normalise(rgb, self.state.get("stain_source"))
         centres = None
         nucleus = None
+        energy = None
         if self._detector is not None:
             centres, nucleus = self._detector.detect(img)
         if self.model.net is not None:
-            from mcf_fast.models.train import predict_proba
+            from mcf_fast.models.train import predict_maps
 
-            fg = predict_proba(
+            fg, energy = predict_maps(
                 self.model.net,
                 img,
                 device=seg.device,
@@ -668,12 +669,7 @@ class ModelPredictor:
         else:
             fg = np.asarray(nucleus, np.float32)
         labels = instance_labels(
-            fg,
-            centres=centres,
-            threshold=seg.threshold,
-            min_area=seg.min_nucleus_area,
-            seeds=seg.instance_seeds,
-            h=seg.instance_h,
+            fg, centres=centres, energy=energy, **label_options(seg, energy=energy is not None)
         )
         table = nucleus_table(labels)
         cents = np.stack([table["y"], table["x"]], axis=1) if len(table) else np.zeros((0, 2))

@@ -305,8 +305,9 @@ class SegmentationConfig:
     target: str = "binary"
     #: weight of the distance map's loss beside the mask's (target="distance")
     distance_weight: float = 1.0
-    #: least height of a seed of the predicted distance map, in its units (0..1)
-    shape_h: float = 0.2
+    #: least height of a seed of the predicted distance map, in its units (0..1); 0.1 was
+    #: the best AJI of 0.1, 0.2, 0.3 on the train hold-outs of MoNuSeg and CoNSeP (ours)
+    shape_h: float = 0.1
     #: inference tile side and test-time flips (ours)
     tile: int = 1024
     tta_flips: bool = False

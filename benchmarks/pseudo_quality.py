@@ -26,12 +26,12 @@ RULES = {
 
 def main() -> None:
     from mcf_fast.config import DetectionConfig
+    from mcf_fast.detection.detector import Detector, postprocess
+    from mcf_fast.evaluation.protocol import find_datasets
     from mcf_fast.io.templates import select_templates
     from mcf_fast.metrics import pseudo_label_quality
     from mcf_fast.ops.fusion import normalise_response
     from mcf_fast.ops.gdbp import gdbp
-    from mcf_fast.pipeline.detector import Detector, postprocess
-    from mcf_fast.pipeline.protocol import find_datasets
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="folder of datasets")

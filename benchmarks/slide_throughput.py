@@ -172,7 +172,7 @@ def _reset_peak() -> None:
 def run_once(reader, model, out: Path, workers: int, tile: int) -> dict:
     from distributed import Client, LocalCluster
 
-    from mcf_fast.pipeline.slide import run_slide
+    from mcf_fast.slide.run import run_slide
 
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     with (

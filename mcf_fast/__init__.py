@@ -25,10 +25,10 @@ _LAZY = {
     "SegmentationConfig": "mcf_fast.config",
     "MCFConfig": "mcf_fast.config",
     "TemplateSet": "mcf_fast.io.templates",
-    "Detector": "mcf_fast.pipeline.detector",
-    "Detection": "mcf_fast.pipeline.detector",
-    "MCF": "mcf_fast.pipeline.mcf",
-    "MCFModel": "mcf_fast.pipeline.mcf",
+    "Detector": "mcf_fast.detection.detector",
+    "Detection": "mcf_fast.detection.detector",
+    "MCF": "mcf_fast.framework.fit",
+    "MCFModel": "mcf_fast.framework.fit",
     "read_image": "mcf_fast.io.images",
 }
 

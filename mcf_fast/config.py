@@ -294,7 +294,7 @@ class SegmentationConfig:
     min_nucleus_area: int = 50
     #: watershed seeds: "hmaxima" (h-maxima of the distance transform, height instance_h),
     #: "distance" (distance-transform maxima at least 8 px apart) or "centres" (detected,
-    #: plus one per unseeded component); see mcf_fast.pipeline.instances for the comparison
+    #: plus one per unseeded component); see mcf_fast.ops.instances for the comparison
     instance_seeds: str = "hmaxima"
     instance_h: float = 1.0
     #: inference tile side and test-time flips (ours)

@@ -183,7 +183,7 @@ def numpy_gdbp(s: np.ndarray, *, p: int = 3, q: int = 10) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------
-# Instance labels: the h-maxima split (mcf_fast.pipeline.instances)
+# Instance labels: the h-maxima split (mcf_fast.ops.instances)
 # ----------------------------------------------------------------------------------------
 
 

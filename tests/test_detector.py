@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from mcf_fast.config import DetectionConfig
+from mcf_fast.detection.detector import Detection, Detector
 from mcf_fast.errors import ConfigError, FormatError, InputError
 from mcf_fast.io.templates import TemplateSet
-from mcf_fast.pipeline.detector import Detection, Detector
 
 CENTRES = [(14, 15), (15, 46), (40, 26), (44, 60), (66, 14), (70, 44), (20, 75), (72, 78)]
 

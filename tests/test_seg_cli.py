@@ -17,13 +17,13 @@ from seg_fakes import (  # noqa: F401
     one_torch_thread,
 )
 
-import mcf_fast.pipeline.mcf as mcf_mod
+import mcf_fast.framework.fit as mcf_mod
 from mcf_fast import presets
 from mcf_fast.cli import main
 from mcf_fast.config import MCFConfig, SegmentationConfig
+from mcf_fast.framework.fit import MCFModel
 from mcf_fast.io.export import CSV_COLUMNS
 from mcf_fast.io.images import read_image, read_labels, write_image
-from mcf_fast.pipeline.mcf import MCFModel
 
 TINY = MCFConfig(
     segmentation=SegmentationConfig(
@@ -85,7 +85,7 @@ def test_fit_then_predict_writes_outputs(data, capsys):
         ]
     )
     assert rc == 0, capsys.readouterr().err
-    from mcf_fast.pipeline.bundle import bundle_mpp
+    from mcf_fast.framework.model import bundle_mpp
 
     assert bundle_mpp(model_path) == 0.5  # recorded in model.json and templates.json
     model = MCFModel.load(model_path)

@@ -21,7 +21,7 @@ from mcf_fast.cli import main
 from mcf_fast.errors import ConfigError
 from mcf_fast.io.export import CSV_COLUMNS
 from mcf_fast.io.tiling import tile_grid
-from mcf_fast.pipeline.slide import BlobPredictor, predict_tiled, run_slide
+from mcf_fast.slide.run import BlobPredictor, predict_tiled, run_slide
 
 TILE = 256
 
@@ -397,7 +397,7 @@ def test_cli_slide_refuses_a_template_set_without_detector_only(slide_path, tmp_
 
 def test_load_predictor_picks_the_adapter(tmp_path):
     from mcf_fast.errors import FormatError, InputError
-    from mcf_fast.pipeline.slide import PredictorSpec, load_predictor
+    from mcf_fast.slide.run import PredictorSpec, load_predictor
 
     assert isinstance(load_predictor("blob"), BlobPredictor)
     assert isinstance(PredictorSpec("blob", {"norm": 0.2}).build(), BlobPredictor)
@@ -417,7 +417,7 @@ def test_detector_adapter_travels_to_workers(monuseg, tmp_path):
 
     from test_tiling import _mosaic, _point_templates
 
-    from mcf_fast.pipeline.slide import DetectorPredictor, load_predictor
+    from mcf_fast.slide.run import DetectorPredictor, load_predictor
 
     path = tmp_path / "t.json"
     _point_templates(monuseg).save(path)
@@ -437,7 +437,7 @@ def test_model_adapter_pairs_labels_and_needs_a_path_for_workers():
     from types import SimpleNamespace
 
     from mcf_fast.errors import InputError
-    from mcf_fast.pipeline.slide import ModelPredictor
+    from mcf_fast.slide.run import ModelPredictor
 
     lab = np.zeros((20, 20), np.int32)
     lab[2:6, 2:6] = 1
@@ -513,10 +513,10 @@ def tiny_fit():
     import torch
     from seg_fakes import PURPLE, ColourDetector, disk_image, grid_centres, make_templates
 
-    import mcf_fast.pipeline.mcf as mcf_mod
+    import mcf_fast.framework.fit as mcf_mod
     from mcf_fast.config import MCFConfig, SegmentationConfig
+    from mcf_fast.framework.fit import MCF
     from mcf_fast.ops.stain import StainNormalizer
-    from mcf_fast.pipeline.mcf import MCF
 
     centres = grid_centres(96, 96, 20, 10)
     img, _ = disk_image(96, 96, centres, 6, [PURPLE] * len(centres), seed=3)
@@ -548,7 +548,7 @@ def tiny_fit():
 def _model(tiny_fit, detector=None, *, seeds="hmaxima", net=True):
     from dataclasses import replace as dc_replace
 
-    from mcf_fast.pipeline.mcf import MCFModel
+    from mcf_fast.framework.fit import MCFModel
 
     config, templates, trained, stain, _ = tiny_fit
     config = dc_replace(config, segmentation=dc_replace(config.segmentation, instance_seeds=seeds))
@@ -564,9 +564,9 @@ def _tinted(img):
 
 
 def test_calibrated_model_with_hmaxima_seeds_never_runs_the_detector(tiny_fit):
-    from mcf_fast.models.train import predict_proba
-    from mcf_fast.pipeline.instances import instance_labels
-    from mcf_fast.pipeline.slide import ModelPredictor
+    from mcf_fast.ops.instances import instance_labels
+    from mcf_fast.segmentation.train import predict_proba
+    from mcf_fast.slide.run import ModelPredictor
 
     model = _model(tiny_fit)
     seg = model.config.segmentation
@@ -603,10 +603,10 @@ def test_calibrated_model_with_hmaxima_seeds_never_runs_the_detector(tiny_fit):
 
 def test_calibrated_model_with_centre_seeds_uses_the_calibrated_detector(tiny_fit):
     from mcf_fast.config import DetectionConfig
-    from mcf_fast.models.train import predict_proba
-    from mcf_fast.pipeline.detector import Detector
-    from mcf_fast.pipeline.instances import instance_labels
-    from mcf_fast.pipeline.slide import DetectorPredictor, ModelPredictor
+    from mcf_fast.detection.detector import Detector
+    from mcf_fast.ops.instances import instance_labels
+    from mcf_fast.segmentation.train import predict_proba
+    from mcf_fast.slide.run import DetectorPredictor, ModelPredictor
 
     templates, img = tiny_fit[1], _tinted(tiny_fit[4])
     det = Detector(
@@ -643,7 +643,7 @@ def test_calibrated_model_with_centre_seeds_uses_the_calibrated_detector(tiny_fi
 
 def test_model_calibration_errors(tiny_fit):
     from mcf_fast.errors import InputError
-    from mcf_fast.pipeline.slide import ModelPredictor
+    from mcf_fast.slide.run import ModelPredictor
 
     p = ModelPredictor(_model(tiny_fit), halo=40)
     with pytest.raises(InputError, match="samples"):
@@ -666,7 +666,7 @@ def test_model_calibration_errors(tiny_fit):
 @pytest.fixture
 def tiny_bundle(tiny_fit, tmp_path, monkeypatch):
     """The tiny model saved as a bundle; loading it here gives a NoDetector."""
-    import mcf_fast.pipeline.mcf as mcf_mod
+    import mcf_fast.framework.fit as mcf_mod
 
     monkeypatch.setattr(mcf_mod, "_detector_cls", lambda: NoDetector)
     return _model(tiny_fit).save(tmp_path / "tiny.mcf")
@@ -675,7 +675,7 @@ def tiny_bundle(tiny_fit, tmp_path, monkeypatch):
 def test_calibrated_bundle_travels_to_workers_with_its_state(tiny_fit, tiny_bundle):
     import pickle
 
-    from mcf_fast.pipeline.slide import ModelPredictor, PredictorSpec, load_predictor
+    from mcf_fast.slide.run import ModelPredictor, PredictorSpec, load_predictor
 
     img = _tinted(tiny_fit[4])
     p = load_predictor(tiny_bundle)
@@ -696,7 +696,7 @@ def test_calibrated_bundle_travels_to_workers_with_its_state(tiny_fit, tiny_bund
 def test_slide_run_calibrates_a_bundle_once_for_every_tile(tiny_fit, tiny_bundle, tmp_path):
     import zarr
 
-    from mcf_fast.pipeline.slide import ModelPredictor
+    from mcf_fast.slide.run import ModelPredictor
 
     img = _tinted(np.concatenate([tiny_fit[4], tiny_fit[4]], axis=1))  # 96 x 192
     out = tmp_path / "run"
@@ -808,7 +808,7 @@ def test_bundle_slide_run_equals_the_whole_image(tiny_fit, tiny_bundle, tmp_path
     import zarr
 
     from mcf_fast.io.tiling import id_to_yx
-    from mcf_fast.pipeline.slide import ModelPredictor, _calibration_tiles
+    from mcf_fast.slide.run import ModelPredictor, _calibration_tiles
 
     img = synthetic_tissue((1024, 1024), n=1400, seed=5)
     out = tmp_path / "run"
@@ -854,7 +854,7 @@ def test_bundle_slide_run_equals_the_whole_image(tiny_fit, tiny_bundle, tmp_path
 
 
 def test_model_halo_covers_the_unet_reach_on_its_pooling_grid(tiny_fit, tmp_path, caplog):
-    from mcf_fast.pipeline.slide import ModelPredictor
+    from mcf_fast.slide.run import ModelPredictor
 
     model = _model(tiny_fit)
     assert model.net.multiple == 4 and model.net.reach == 23

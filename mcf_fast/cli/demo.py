@@ -102,9 +102,9 @@ def demo(
 
     from mcf_fast.cli.detect import demo_points, overlay, write_outputs
     from mcf_fast.cli.seg import _check_device, prediction_table, write_prediction
+    from mcf_fast.detection.detector import Detector
     from mcf_fast.io.report import html_report
     from mcf_fast.io.templates import TemplateSet
-    from mcf_fast.pipeline.detector import Detector
 
     if device != "cpu":
         _check_device(device)
@@ -129,7 +129,7 @@ def demo(
     if not detect_only:
         import torch
 
-        from mcf_fast.pipeline.mcf import MCF
+        from mcf_fast.framework.fit import MCF
 
         threads = torch.get_num_threads()
         t_fit = time.perf_counter()

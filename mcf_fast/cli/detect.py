@@ -27,7 +27,7 @@ DEMO_SETTINGS = {"min_score": 0.5, "pseudo_fg_free": 1.0}
 
 
 def write_outputs(out_dir: Path, name: str, image: np.ndarray, result) -> list[Path]:
-    """Write the four per-image outputs of a :class:`~mcf_fast.pipeline.detector.Detection`."""
+    """Write the four per-image outputs of a :class:`~mcf_fast.detection.detector.Detection`."""
     from mcf_fast.io.images import atomic_path, write_image
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,10 +124,10 @@ def detect(
     status 1, naming every bad file.
     """
     from mcf_fast.cli.common import collect_images, raise_failures, run_batch
+    from mcf_fast.detection.detector import Detector
     from mcf_fast.io.images import read_image
     from mcf_fast.io.outputs import OutputFolder, file_digest
     from mcf_fast.io.templates import TemplateSet
-    from mcf_fast.pipeline.detector import Detector
 
     files = collect_images(inputs)
     settings = {"command": "detect", "templates": file_digest(templates_path)}

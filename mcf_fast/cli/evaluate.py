@@ -152,15 +152,15 @@ def evaluate(
     and masks/), the multi-dataset protocol runs: every dataset, every seed of --seeds,
     MCF beside a watershed tuned on the --reference dataset and one set from the templates
     alone, pseudo-label quality, and transfer between datasets; OUT/protocol.md holds the
-    table (see mcf_fast.pipeline.protocol).  Finished (dataset, seed) runs are kept.
+    table (see mcf_fast.evaluation.protocol).  Finished (dataset, seed) runs are kept.
     """
     from pathlib import Path
 
-    from mcf_fast.pipeline.evaluate import _parse_list, run_evaluation
+    from mcf_fast.evaluation.harness import _parse_list, run_evaluation
 
     command = _command_line(click.get_current_context())
     if not (Path(data) / "train").is_dir():
-        from mcf_fast.pipeline.protocol import run_protocol
+        from mcf_fast.evaluation.protocol import run_protocol
 
         doc = run_protocol(
             data,

@@ -133,8 +133,8 @@ def fit(
     check_output_dir(ckpt, option="--checkpoint-dir")
     # held until the command ends: a second fit into the same checkpoint is refused
     click.get_current_context().with_resource(lock_folder(ckpt, option="--checkpoint-dir"))
+    from mcf_fast.framework.fit import MCF
     from mcf_fast.io.templates import TemplateSet
-    from mcf_fast.pipeline.mcf import MCF
 
     templates = TemplateSet.load(templates_path)
     if mpp is None:
@@ -193,7 +193,7 @@ def prediction_table(image: np.ndarray, pred, *, mpp: float | None = None) -> di
     image : ndarray, shape (H, W, 3), uint8
         The image the prediction was made on.
     pred : Prediction
-        From :meth:`~mcf_fast.pipeline.mcf.MCFModel.predict`.
+        From :meth:`~mcf_fast.framework.fit.MCFModel.predict`.
     mpp : float, optional
         Microns per pixel of the image, for the µm columns (empty without it).
 
@@ -211,7 +211,7 @@ def prediction_table(image: np.ndarray, pred, *, mpp: float | None = None) -> di
     compact[labels <= 0] = 0
     centres = np.asarray(pred.centres, np.float64).reshape(-1, 2)
     if len(centres) != len(ids):  # centres follow the table; recompute when they do not
-        from mcf_fast.pipeline.instances import nucleus_table
+        from mcf_fast.ops.instances import nucleus_table
 
         t = nucleus_table(labels)
         centres = np.stack([t["y"], t["x"]], axis=1) if len(t) else np.zeros((0, 2))
@@ -298,7 +298,7 @@ def predict_rescaled(model, image: np.ndarray, scale: float):
 
     from skimage.transform import resize
 
-    from mcf_fast.pipeline.instances import nucleus_table
+    from mcf_fast.ops.instances import nucleus_table
 
     h, w = image.shape[:2]
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
@@ -367,8 +367,8 @@ def predict(
     appear together once all are written.  An image that cannot be read is reported and
     the others are processed; the command then exits with status 1, naming every bad file.
     """
+    from mcf_fast.framework.fit import MCFModel
     from mcf_fast.io.outputs import OutputFolder, file_digest
-    from mcf_fast.pipeline.mcf import MCFModel
 
     _check_device(device)
     _set_threads(threads)

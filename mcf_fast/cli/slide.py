@@ -20,7 +20,7 @@ def _to_model_scale(reader, model: str):
 
         model_mpp = TemplateSet.load(model).meta.get("mpp")
     else:
-        from mcf_fast.pipeline.bundle import bundle_mpp
+        from mcf_fast.framework.model import bundle_mpp
 
         model_mpp = bundle_mpp(model)
     if model_mpp is None or reader.mpp is None:
@@ -147,7 +147,7 @@ def slide(
     to retry them.
     """
     from mcf_fast.io.slides import open_slide
-    from mcf_fast.pipeline.slide import PredictorSpec, run_slide
+    from mcf_fast.slide.run import PredictorSpec, run_slide
 
     if model != "blob" and Path(model).suffix.lower() == ".json" and not detector_only:
         raise McfError(

@@ -253,7 +253,7 @@ class Detector:
                 filters, block=cfg.block_size, max_spectra_bytes=cfg.max_spectra_mib * 2**20
             )
         else:
-            from mcf_fast.models.torch_detect import TorchCorrelator
+            from mcf_fast.detection.torch_engine import TorchCorrelator
 
             self._engine = TorchCorrelator(filters, device=self.device)
         self._filters = filters

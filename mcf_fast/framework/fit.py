@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 from mcf_fast.config import MCFConfig, config_to_dict
 from mcf_fast.errors import DataError, FormatError, InputError
 from mcf_fast.io.images import as_rgb_uint8, atomic_path, read_image
+from mcf_fast.ops.instances import TABLE_DTYPE, instance_labels, nucleus_table
 from mcf_fast.ops.tissue import is_blank
-from mcf_fast.pipeline.instances import TABLE_DTYPE, instance_labels, nucleus_table
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -59,7 +59,7 @@ CHECKPOINT_VERSION = 1
 
 def _detector_cls():
     """The detector class (a function, so tests can substitute a stand-in)."""
-    from mcf_fast.pipeline.detector import Detector
+    from mcf_fast.detection.detector import Detector
 
     return Detector
 
@@ -79,7 +79,7 @@ class Prediction:
         0 background, 1..M one id per nucleus.
     centres : ndarray, shape (M, 2), float64
         Centroid (y, x) of each instance, in label order.
-    table : structured ndarray of :data:`~mcf_fast.pipeline.instances.TABLE_DTYPE`, (M,)
+    table : structured ndarray of :data:`~mcf_fast.ops.instances.TABLE_DTYPE`, (M,)
         label, y, x, area and mean grey intensity of each nucleus.
     detected_centres : ndarray, shape (N, 2), int64
         The detector's centres (y, x), before segmentation; empty when the detector did
@@ -343,7 +343,7 @@ class MCF:
             For a checkpoint of an unknown version.
         """
         from mcf_fast.io.templates import TemplateSet
-        from mcf_fast.models.train import (
+        from mcf_fast.segmentation.train import (
             SyntheticSampler,
             build_unet,
             deterministic,
@@ -689,7 +689,7 @@ class MCFModel:
         -------
         Prediction
         """
-        from mcf_fast.models.train import predict_proba
+        from mcf_fast.segmentation.train import predict_proba
 
         seg = self.config.segmentation
         if isinstance(image, (str, os.PathLike)):
@@ -734,8 +734,8 @@ class MCFModel:
         )
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the model bundle (see :mod:`mcf_fast.pipeline.bundle`)."""
-        from mcf_fast.pipeline.bundle import save_bundle
+        """Write the model bundle (see :mod:`mcf_fast.framework.model`)."""
+        from mcf_fast.framework.model import save_bundle
 
         return save_bundle(self, path)
 
@@ -748,6 +748,6 @@ class MCFModel:
         FormatError
             If the file is not a bundle or has an unknown format version.
         """
-        from mcf_fast.pipeline.bundle import load_bundle
+        from mcf_fast.framework.model import load_bundle
 
         return load_bundle(path, device=device)

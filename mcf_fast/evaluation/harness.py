@@ -11,7 +11,7 @@ Protocol (``ROOT/train`` and ``ROOT/test``, each ``images/`` + ``masks/``):
    ``mcf score --data ROOT/test --pred OUT/<method>`` re-scores them.
 
 Methods: ``mcf`` (the framework), ``watershed`` (the classical baseline of
-:mod:`mcf_fast.pipeline.baselines`, its parameters tuned on the train masks only) and
+:mod:`mcf_fast.evaluation.baselines`, its parameters tuned on the train masks only) and
 ``supervised`` (the same U-Net trained on the train masks: the upper bound).  Options add
 the paper's Table 3 switches (``ablation``), the template-count sweep of its Fig. 5
 (``templates_sweep``) and stain normalisation (``stain``: every run repeated per mode).
@@ -404,7 +404,7 @@ def _with_runtime(config: Any, device: str, seed: int) -> Any:
 def _fit_mcf(
     ctx: _Context, config: Any, templates: Any, stain: str, normalizer: Any, folder: str
 ) -> Any:
-    from mcf_fast.pipeline.mcf import MCF
+    from mcf_fast.framework.fit import MCF
 
     # MCF normalises the images (and template crops) itself when given a normaliser, and
     # records it in the model, so it gets the raw images here.  A checkpoint per fit lets
@@ -473,7 +473,7 @@ def _run_watershed(
     params: Any | None,
     tune_crop: int | None,
 ) -> dict[str, Any]:
-    from mcf_fast.pipeline.baselines import WatershedParams, tune_watershed, watershed_nuclei
+    from mcf_fast.evaluation.baselines import WatershedParams, tune_watershed, watershed_nuclei
 
     tuning = None
     if params is None:
@@ -509,8 +509,8 @@ def _run_watershed(
 
 
 def _run_supervised(ctx: _Context, *, stain: str, normalizer: Any, folder: str) -> dict[str, Any]:
-    from mcf_fast.models.train import predict_proba, train_unet
-    from mcf_fast.pipeline.instances import instance_labels
+    from mcf_fast.ops.instances import instance_labels
+    from mcf_fast.segmentation.train import predict_proba, train_unet
 
     seg = ctx.config.segmentation
     targets = [(m > 0).astype(np.int8) for m in ctx.train.masks()]
@@ -577,7 +577,7 @@ def _run_detector(
 ) -> dict[str, Any]:
     from scipy import ndimage as ndi
 
-    from mcf_fast.pipeline.detector import Detector
+    from mcf_fast.detection.detector import Detector
 
     det = Detector(_restain_templates(ctx, templates, stain, normalizer), det_config)
 

@@ -1,6 +1,6 @@
 """Correlation and fusion of the detection branch in torch, for GPUs.
 
-The same computation as :meth:`mcf_fast.pipeline.detector.Detector.fused_response`, laid out
+The same computation as :meth:`mcf_fast.detection.detector.Detector.fused_response`, laid out
 for an accelerator with memory to spare: the mirrored features are transformed once at full
 size, the filter spectra are computed on the fly at that size, a chunk of filters at a time,
 and the fusion of eqs. (2)-(3) uses ``torch.topk``.  On a CPU it runs too (that is how the

@@ -27,7 +27,7 @@ from mcf_fast.errors import FormatError, InputError, describe
 from mcf_fast.io.images import atomic_path
 
 if TYPE_CHECKING:
-    from mcf_fast.pipeline.mcf import MCFModel
+    from mcf_fast.framework.fit import MCFModel
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "bundle_mpp", "load_bundle", "save_bundle"]
 
@@ -162,9 +162,9 @@ def load_bundle(path: str | os.PathLike, *, device: str = "cpu") -> MCFModel:
 
     import torch
 
+    from mcf_fast.framework.fit import MCFModel, _detector_cls
     from mcf_fast.io.templates import TemplateSet
-    from mcf_fast.models.unet import UNet
-    from mcf_fast.pipeline.mcf import MCFModel, _detector_cls
+    from mcf_fast.segmentation.unet import UNet
 
     p = Path(path)
     if not p.is_file():

@@ -20,8 +20,8 @@ client records each tile once, by index, and result files are replaced atomicall
 tile appears exactly once in the outputs.
 
 Predictors implement :class:`TilePredictor`; :func:`load_predictor` adapts a template set
-(:class:`~mcf_fast.pipeline.detector.Detector`) or a model bundle
-(:class:`~mcf_fast.pipeline.mcf.MCFModel`).
+(:class:`~mcf_fast.detection.detector.Detector`) or a model bundle
+(:class:`~mcf_fast.framework.fit.MCFModel`).
 
 Normalisation: a predictor whose output depends on a per-image statistic (the detector
 normalises its fused response to [0, 1] over the image; stain normalisers estimate stain
@@ -253,7 +253,7 @@ def _detector_reach(det: Any) -> tuple[int, int]:
 
 
 class DetectorPredictor:
-    """Adapt a :class:`~mcf_fast.pipeline.detector.Detector` to :class:`TilePredictor`.
+    """Adapt a :class:`~mcf_fast.detection.detector.Detector` to :class:`TilePredictor`.
 
     Centres are the detector's; instances are its nucleus pseudo-mask pixels
     (``pseudo_mask == 1``), each given to the nearest centre within half the pseudo-mask
@@ -269,7 +269,7 @@ class DetectorPredictor:
     model learns from (seeds at the stronger centres, background far from every centre, as
     :func:`~mcf_fast.ops.pseudo.colour_posterior` picks them); once :meth:`calibrated`,
     every tile is normalised by the same range and its posterior comes from the same colour
-    model, handed to :func:`~mcf_fast.pipeline.detector.postprocess`.  Without a
+    model, handed to :func:`~mcf_fast.detection.detector.postprocess`.  Without a
     calibration the adapter is exactly ``Detector.detect``.
 
     Parameters
@@ -302,7 +302,7 @@ class DetectorPredictor:
         }
 
     def __setstate__(self, data: dict[str, Any]) -> None:
-        from mcf_fast.pipeline.detector import Detector
+        from mcf_fast.detection.detector import Detector
 
         det = Detector(data["templates"], data["config"], device=data["device"])
         self.__init__(det, state=data["state"])
@@ -407,8 +407,8 @@ class DetectorPredictor:
         nucleus : ndarray, shape (H, W), bool
             The nucleus part of the pseudo mask (``pseudo_mask == 1``).
         """
+        from mcf_fast.detection.detector import postprocess
         from mcf_fast.ops.gdbp import gdbp
-        from mcf_fast.pipeline.detector import postprocess
 
         det = self.detector
         cfg = det.config
@@ -435,7 +435,7 @@ class DetectorPredictor:
 
 
 class ModelPredictor:
-    """Adapt an :class:`~mcf_fast.pipeline.mcf.MCFModel` (a fitted bundle) to
+    """Adapt an :class:`~mcf_fast.framework.fit.MCFModel` (a fitted bundle) to
     :class:`TilePredictor`: its instance labels and their centres.
 
     Without a calibration :meth:`predict_tile` is exactly ``MCFModel.predict``, whose stain
@@ -454,11 +454,11 @@ class ModelPredictor:
 
     Once :meth:`calibrated`, a model with a network and h-maxima or distance seeds does not
     run the detector at all: its labels come from the U-Net probability alone
-    (:func:`~mcf_fast.models.train.predict_proba` then
-    :func:`~mcf_fast.pipeline.instances.instance_labels`), which is also much cheaper.
+    (:func:`~mcf_fast.segmentation.train.predict_proba` then
+    :func:`~mcf_fast.ops.instances.instance_labels`), which is also much cheaper.
 
     Tiles agree with the whole image only if the U-Net sees the same pixels on the same
-    pooling grid: the halo covers the network's :attr:`~mcf_fast.models.unet.UNet.reach`
+    pooling grid: the halo covers the network's :attr:`~mcf_fast.segmentation.unet.UNet.reach`
     and is a multiple of ``2 ** depth`` (``align``), so that with a tile side that is also
     one, every read region starts on the whole image's grid; ``predict_proba``'s own blocks
     inside a tile get a halo of the reach too.  Off the grid (a halo of 134 px for a depth-2
@@ -530,7 +530,7 @@ class ModelPredictor:
         return {"source": self.source, "halo": self.halo, "state": self.state}
 
     def __setstate__(self, data: dict[str, Any]) -> None:
-        from mcf_fast.pipeline.mcf import MCFModel
+        from mcf_fast.framework.fit import MCFModel
 
         self.__init__(
             MCFModel.load(data["source"]),
@@ -646,7 +646,7 @@ class ModelPredictor:
             )
             has_net = getattr(self.model, "net", None) is not None
             return labels, centres, (getattr(pred, "probability", None) if has_net else None)
-        from mcf_fast.pipeline.instances import instance_labels, nucleus_table
+        from mcf_fast.ops.instances import instance_labels, nucleus_table
 
         seg = self.model.config.segmentation
         img = self._normalise(rgb, self.state.get("stain_source"))
@@ -655,7 +655,7 @@ class ModelPredictor:
         if self._detector is not None:
             centres, nucleus = self._detector.detect(img)
         if self.model.net is not None:
-            from mcf_fast.models.train import predict_proba
+            from mcf_fast.segmentation.train import predict_proba
 
             fg = predict_proba(
                 self.model.net,
@@ -703,7 +703,7 @@ def load_predictor(source: str | os.PathLike) -> TilePredictor:
     """Build a predictor from what the user gave as ``--model``.
 
     ``"blob"`` is :class:`BlobPredictor`; a ``.json`` file is a template set (a
-    :class:`~mcf_fast.pipeline.detector.Detector` built from it); anything else is a model
+    :class:`~mcf_fast.detection.detector.Detector` built from it); anything else is a model
     bundle written by ``mcf fit``.
 
     Raises
@@ -719,11 +719,11 @@ def load_predictor(source: str | os.PathLike) -> TilePredictor:
     if not path.exists():
         raise InputError(f"{path}: no such model or template set")
     if path.suffix.lower() == ".json":
+        from mcf_fast.detection.detector import Detector
         from mcf_fast.io.templates import TemplateSet
-        from mcf_fast.pipeline.detector import Detector
 
         return DetectorPredictor(Detector(TemplateSet.load(path)))
-    from mcf_fast.pipeline.mcf import MCFModel
+    from mcf_fast.framework.fit import MCFModel
 
     return ModelPredictor(MCFModel.load(path), source=path)
 
@@ -774,12 +774,12 @@ def _plugin_class():
 
         # this class is pickled by value: reach the registries through the real module
         def setup(self, worker=None) -> None:
-            from mcf_fast.pipeline import slide as module
+            from mcf_fast.slide import run as module
 
             module._JOBS[self.job.key] = self.job
 
         def teardown(self, worker=None) -> None:
-            from mcf_fast.pipeline import slide as module
+            from mcf_fast.slide import run as module
 
             module._JOBS.pop(self.job.key, None)
             module._BUILT.pop(self.job.key, None)

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args(argv)
 
-    from mcf_fast.framework.fit import MCFModel
+    from mcf_fast.framework.model import MCFModel
     from mcf_fast.io.images import read_labels
     from mcf_fast.metrics import score_arrays
     from mcf_fast.ops.instances import instance_labels

@@ -28,7 +28,7 @@ _LAZY = {
     "Detector": "mcf_fast.detection.detector",
     "Detection": "mcf_fast.detection.detector",
     "MCF": "mcf_fast.framework.fit",
-    "MCFModel": "mcf_fast.framework.fit",
+    "MCFModel": "mcf_fast.framework.model",
     "read_image": "mcf_fast.io.images",
 }
 

@@ -13,7 +13,7 @@ import mcf_fast.io.outputs as outputs_mod
 from mcf_fast.cli import main
 from mcf_fast.config import MCFConfig
 from mcf_fast.detection.detector import Detector
-from mcf_fast.framework.fit import MCFModel
+from mcf_fast.framework.model import MCFModel
 from mcf_fast.io.images import write_image
 from mcf_fast.io.outputs import lock_folder
 from mcf_fast.io.templates import TemplateSet

@@ -7,7 +7,7 @@ import pytest
 
 from mcf_fast.config import MCFConfig
 from mcf_fast.detection.detector import Detector
-from mcf_fast.framework.fit import MCFModel
+from mcf_fast.framework.model import MCFModel
 from mcf_fast.io.templates import TemplateSet
 from mcf_fast.ops.tissue import is_blank
 from mcf_fast.segmentation.unet import UNet

@@ -16,11 +16,11 @@ from seg_fakes import (  # noqa: F401
     one_torch_thread,
 )
 
-import mcf_fast.framework.fit as mcf_mod
+import mcf_fast.framework.model as mcf_mod
 from mcf_fast.config import MCFConfig, SegmentationConfig
 from mcf_fast.errors import FormatError, InputError
-from mcf_fast.framework.fit import MCF, MCFModel
-from mcf_fast.framework.model import BUNDLE_VERSION
+from mcf_fast.framework.fit import MCF
+from mcf_fast.framework.model import BUNDLE_VERSION, MCFModel
 
 SEG = SegmentationConfig(
     width=8, depth=2, crop_size=32, batch_size=4, steps=15, self_steps=0, lr=1e-2, max_rounds=1

@@ -12,7 +12,7 @@ from mcf_fast.cli import main
 from mcf_fast.config import MCFConfig
 from mcf_fast.detection.detector import Detector
 from mcf_fast.errors import FormatError
-from mcf_fast.framework.fit import MCFModel
+from mcf_fast.framework.model import MCFModel
 from mcf_fast.io.geojson import read_geojson_points
 from mcf_fast.io.images import write_image
 from mcf_fast.io.templates import TemplateSet

@@ -10,7 +10,7 @@ import re
 import numpy as np
 
 from mcf_fast.cli import main
-from mcf_fast.framework.fit import MCFModel
+from mcf_fast.framework.model import MCFModel
 from mcf_fast.io.images import read_labels
 
 

@@ -18,10 +18,12 @@ from seg_fakes import (  # noqa: F401
     one_torch_thread,
 )
 
-import mcf_fast.framework.fit as mcf_mod
+import mcf_fast.framework.model as mcf_mod
 from mcf_fast.config import MCFConfig, SegmentationConfig
 from mcf_fast.errors import DataError, InputError
-from mcf_fast.framework.fit import MCF, MCFModel, mask_residual, missed_nuclei
+from mcf_fast.framework.fit import MCF
+from mcf_fast.framework.model import MCFModel
+from mcf_fast.framework.residual import mask_residual, missed_nuclei
 from mcf_fast.ops.instances import instance_labels, nucleus_table
 
 SEG = SegmentationConfig(

@@ -18,10 +18,11 @@ from seg_fakes import (  # noqa: F401
 )
 
 import mcf_fast.framework.fit as mcf_mod
+import mcf_fast.framework.model as model_mod
 from mcf_fast import presets
 from mcf_fast.cli import main
 from mcf_fast.config import MCFConfig, SegmentationConfig
-from mcf_fast.framework.fit import MCFModel
+from mcf_fast.framework.model import MCFModel
 from mcf_fast.io.export import CSV_COLUMNS
 from mcf_fast.io.images import read_image, read_labels, write_image
 
@@ -42,7 +43,7 @@ TINY = MCFConfig(
 
 @pytest.fixture(autouse=True)
 def tiny_preset(monkeypatch):
-    monkeypatch.setattr(mcf_mod, "_detector_cls", lambda: ColourDetector)
+    monkeypatch.setattr(model_mod, "_detector_cls", lambda: ColourDetector)
     monkeypatch.setitem(presets.PRESETS, "quick", TINY)
 
 

@@ -513,7 +513,7 @@ def tiny_fit():
     import torch
     from seg_fakes import PURPLE, ColourDetector, disk_image, grid_centres, make_templates
 
-    import mcf_fast.framework.fit as mcf_mod
+    import mcf_fast.framework.model as mcf_mod
     from mcf_fast.config import MCFConfig, SegmentationConfig
     from mcf_fast.framework.fit import MCF
     from mcf_fast.ops.stain import StainNormalizer
@@ -548,7 +548,7 @@ def tiny_fit():
 def _model(tiny_fit, detector=None, *, seeds="hmaxima", net=True):
     from dataclasses import replace as dc_replace
 
-    from mcf_fast.framework.fit import MCFModel
+    from mcf_fast.framework.model import MCFModel
 
     config, templates, trained, stain, _ = tiny_fit
     config = dc_replace(config, segmentation=dc_replace(config.segmentation, instance_seeds=seeds))
@@ -666,7 +666,7 @@ def test_model_calibration_errors(tiny_fit):
 @pytest.fixture
 def tiny_bundle(tiny_fit, tmp_path, monkeypatch):
     """The tiny model saved as a bundle; loading it here gives a NoDetector."""
-    import mcf_fast.framework.fit as mcf_mod
+    import mcf_fast.framework.model as mcf_mod
 
     monkeypatch.setattr(mcf_mod, "_detector_cls", lambda: NoDetector)
     return _model(tiny_fit).save(tmp_path / "tiny.mcf")

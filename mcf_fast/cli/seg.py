@@ -193,7 +193,7 @@ def prediction_table(image: np.ndarray, pred, *, mpp: float | None = None) -> di
     image : ndarray, shape (H, W, 3), uint8
         The image the prediction was made on.
     pred : Prediction
-        From :meth:`~mcf_fast.framework.fit.MCFModel.predict`.
+        From :meth:`~mcf_fast.framework.model.MCFModel.predict`.
     mpp : float, optional
         Microns per pixel of the image, for the µm columns (empty without it).
 
@@ -367,7 +367,7 @@ def predict(
     appear together once all are written.  An image that cannot be read is reported and
     the others are processed; the command then exits with status 1, naming every bad file.
     """
-    from mcf_fast.framework.fit import MCFModel
+    from mcf_fast.framework.model import MCFModel
     from mcf_fast.io.outputs import OutputFolder, file_digest
 
     _check_device(device)

@@ -243,7 +243,8 @@ def run_protocol(
         watershed_params_from_templates,
     )
     from mcf_fast.evaluation.harness import _source_version, machine_description
-    from mcf_fast.framework.fit import MCF, MCFModel
+    from mcf_fast.framework.fit import MCF
+    from mcf_fast.framework.model import MCFModel
     from mcf_fast.io.templates import select_templates
     from mcf_fast.metrics import pseudo_label_quality
     from mcf_fast.presets import get_preset

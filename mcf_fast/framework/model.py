@@ -1,4 +1,6 @@
-"""Model bundles: one zip file holding everything a fitted :class:`MCFModel` needs.
+"""The fitted framework (:class:`MCFModel`), its :class:`Prediction`, and its bundle file.
+
+A model bundle is one zip file holding everything a fitted :class:`MCFModel` needs.
 
 Members (the layout is described in docs/formats.md, "Model bundles"):
 
@@ -19,23 +21,208 @@ import json
 import os
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
 
 from mcf_fast.config import MCFConfig, config_to_dict
 from mcf_fast.errors import FormatError, InputError, describe
-from mcf_fast.io.images import atomic_path
+from mcf_fast.io.images import as_rgb_uint8, atomic_path, read_image
+from mcf_fast.ops.instances import TABLE_DTYPE, instance_labels, nucleus_table
+from mcf_fast.ops.tissue import is_blank
 
-if TYPE_CHECKING:
-    from mcf_fast.framework.fit import MCFModel
-
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "bundle_mpp", "load_bundle", "save_bundle"]
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BUNDLE_VERSION",
+    "MCFModel",
+    "Prediction",
+    "bundle_mpp",
+    "load_bundle",
+    "save_bundle",
+]
 
 #: value of ``format`` in model.json
 BUNDLE_FORMAT = "mcf_fast.model"
 #: the version this module writes and reads
 BUNDLE_VERSION = 1
 _BANK = "filter_bank.npz"
+
+
+def _detector_cls():
+    """The detector class (a function, so tests can substitute a stand-in)."""
+    from mcf_fast.detection.detector import Detector
+
+    return Detector
+
+
+# ---------------------------------------------------------------------------- prediction
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """What :meth:`MCFModel.predict` returns for one image.
+
+    Attributes
+    ----------
+    probability : ndarray, shape (H, W), float32
+        Nucleus probability p1 (the detection response when the model has no network).
+    mask : ndarray, shape (H, W), bool
+        Nucleus pixels (``labels > 0``).
+    labels : ndarray, shape (H, W), int32
+        0 background, 1..M one id per nucleus.
+    centres : ndarray, shape (M, 2), float64
+        Centroid (y, x) of each instance, in label order.
+    table : structured ndarray of :data:`~mcf_fast.ops.instances.TABLE_DTYPE`, (M,)
+        label, y, x, area and mean grey intensity of each nucleus.
+    detected_centres : ndarray, shape (N, 2), int64
+        The detector's centres (y, x), before segmentation; empty when the detector did
+        not run (see ``MCFModel.predict(detect=...)``).
+    """
+
+    probability: np.ndarray
+    mask: np.ndarray
+    labels: np.ndarray
+    centres: np.ndarray
+    table: np.ndarray
+    detected_centres: np.ndarray
+
+
+def _empty_prediction(shape: tuple[int, int]) -> Prediction:
+    """The prediction for an image without tissue: no nuclei."""
+    labels = np.zeros(shape, np.int32)
+    return Prediction(
+        probability=np.zeros(shape, np.float32),
+        mask=labels > 0,
+        labels=labels,
+        centres=np.zeros((0, 2)),
+        table=np.zeros(0, TABLE_DTYPE),
+        detected_centres=np.zeros((0, 2), np.int64),
+    )
+
+
+# ---------------------------------------------------------------------------- the model
+class MCFModel:
+    """A fitted framework: detector, U-Net, templates, stain normaliser and history.
+
+    Attributes
+    ----------
+    config : MCFConfig
+    templates : TemplateSet
+        The final template set (the user's plus those the residual added).
+    detector : Detector
+    net : torch.nn.Module or None
+        None for the "-seg." ablation (predictions from the detection alone).
+    stain : stain normaliser or None
+    history : list of dict
+        Per round: templates before it, templates added, detections, losses, seconds.
+    """
+
+    def __init__(
+        self,
+        config: MCFConfig,
+        templates,
+        detector,
+        net,
+        *,
+        stain=None,
+        history: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.config = config
+        self.templates = templates
+        self.detector = detector
+        self.net = net
+        self.stain = stain
+        self.history = list(history or [])
+
+    def __repr__(self) -> str:
+        rounds = len(self.history)
+        return (
+            f"MCFModel({len(self.templates)} templates, {rounds} round(s), "
+            f"network={'yes' if self.net is not None else 'no'})"
+        )
+
+    @property
+    def device(self) -> str:
+        return self.config.segmentation.device
+
+    def predict(
+        self, image: np.ndarray | str | os.PathLike, *, detect: bool | None = None
+    ) -> Prediction:
+        """Segment one image.
+
+        Parameters
+        ----------
+        image : ndarray (H, W, 3) or path
+        detect : bool, optional
+            Run the detector too, to fill ``Prediction.detected_centres``.  By default
+            it runs only when the labels need it: without a network, or with
+            ``instance_seeds="centres"``; otherwise ``detected_centres`` is empty.
+
+        Returns
+        -------
+        Prediction
+        """
+        from mcf_fast.segmentation.train import predict_proba
+
+        seg = self.config.segmentation
+        if isinstance(image, (str, os.PathLike)):
+            img = read_image(image)
+        else:
+            img = as_rgb_uint8(image)
+        if is_blank(img):  # no tissue, no nuclei (see mcf_fast.ops.tissue)
+            return _empty_prediction(img.shape[:2])
+        if self.stain is not None:
+            img = as_rgb_uint8(self.stain.transform(img))
+        needed = self.net is None or seg.instance_seeds == "centres"
+        det = self.detector.detect(img) if (needed or detect) else None
+        centres = (
+            np.asarray(det.centres, np.int64).reshape(-1, 2)
+            if det is not None
+            else np.zeros((0, 2), np.int64)
+        )
+        if self.net is not None:
+            prob = predict_proba(
+                self.net, img, device=seg.device, tile=seg.tile, flips=seg.tta_flips
+            )
+            fg = prob
+        else:
+            prob = np.asarray(det.response, np.float32)
+            fg = (np.asarray(det.pseudo_mask) == 1).astype(np.float32)
+        labels = instance_labels(
+            fg,
+            centres=centres,
+            threshold=seg.threshold,
+            min_area=seg.min_nucleus_area,
+            seeds=seg.instance_seeds,
+            h=seg.instance_h,
+        )
+        table = nucleus_table(labels, img)
+        return Prediction(
+            probability=prob.astype(np.float32, copy=False),
+            mask=labels > 0,
+            labels=labels,
+            centres=np.stack([table["y"], table["x"]], axis=1) if len(table) else np.zeros((0, 2)),
+            table=table if len(table) else np.zeros(0, TABLE_DTYPE),
+            detected_centres=centres,
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model bundle (see :func:`save_bundle`)."""
+        return save_bundle(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str = "cpu") -> MCFModel:
+        """Read a bundle written by :meth:`save`.
+
+        Raises
+        ------
+        FormatError
+            If the file is not a bundle or has an unknown format version.
+        """
+        return load_bundle(path, device=device)
+
+
+# ---------------------------------------------------------------------------- bundles
 
 
 def save_bundle(model: MCFModel, path: str | os.PathLike) -> Path:
@@ -162,7 +349,6 @@ def load_bundle(path: str | os.PathLike, *, device: str = "cpu") -> MCFModel:
 
     import torch
 
-    from mcf_fast.framework.fit import MCFModel, _detector_cls
     from mcf_fast.io.templates import TemplateSet
     from mcf_fast.segmentation.unet import UNet
 

@@ -21,7 +21,7 @@ tile appears exactly once in the outputs.
 
 Predictors implement :class:`TilePredictor`; :func:`load_predictor` adapts a template set
 (:class:`~mcf_fast.detection.detector.Detector`) or a model bundle
-(:class:`~mcf_fast.framework.fit.MCFModel`).
+(:class:`~mcf_fast.framework.model.MCFModel`).
 
 Normalisation: a predictor whose output depends on a per-image statistic (the detector
 normalises its fused response to [0, 1] over the image; stain normalisers estimate stain
@@ -435,7 +435,7 @@ class DetectorPredictor:
 
 
 class ModelPredictor:
-    """Adapt an :class:`~mcf_fast.framework.fit.MCFModel` (a fitted bundle) to
+    """Adapt an :class:`~mcf_fast.framework.model.MCFModel` (a fitted bundle) to
     :class:`TilePredictor`: its instance labels and their centres.
 
     Without a calibration :meth:`predict_tile` is exactly ``MCFModel.predict``, whose stain
@@ -530,7 +530,7 @@ class ModelPredictor:
         return {"source": self.source, "halo": self.halo, "state": self.state}
 
     def __setstate__(self, data: dict[str, Any]) -> None:
-        from mcf_fast.framework.fit import MCFModel
+        from mcf_fast.framework.model import MCFModel
 
         self.__init__(
             MCFModel.load(data["source"]),
@@ -723,7 +723,7 @@ def load_predictor(source: str | os.PathLike) -> TilePredictor:
         from mcf_fast.io.templates import TemplateSet
 
         return DetectorPredictor(Detector(TemplateSet.load(path)))
-    from mcf_fast.framework.fit import MCFModel
+    from mcf_fast.framework.model import MCFModel
 
     return ModelPredictor(MCFModel.load(path), source=path)
 

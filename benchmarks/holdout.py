@@ -42,9 +42,9 @@ def _override(config, assignments: list[str]):
 
 
 def main() -> None:
+    from mcf_fast.detection.selection import select_templates
     from mcf_fast.framework.fit import MCF
     from mcf_fast.io.datasets import FolderDataset
-    from mcf_fast.io.templates import select_templates
     from mcf_fast.metrics import score_arrays
     from mcf_fast.presets import PRESETS
 

@@ -2,7 +2,8 @@
 
 Each train image is detected once (features, correlation, fusion, GDBP); the pseudo-mask
 rules then run on the same response, so the rows differ only by the rule.  Scores are those
-of :func:`mcf_fast.metrics.pseudo_label_quality` against the train masks (never a test split).
+of :func:`mcf_fast.evaluation.quality.pseudo_label_quality` against the train masks (never a
+test split).
 
     python benchmarks/pseudo_quality.py --data ../shared/data --seed 0 --every 3
 
@@ -27,9 +28,9 @@ RULES = {
 def main() -> None:
     from mcf_fast.config import DetectionConfig
     from mcf_fast.detection.detector import Detector, postprocess
+    from mcf_fast.detection.selection import select_templates
     from mcf_fast.evaluation.protocol import find_datasets
-    from mcf_fast.io.templates import select_templates
-    from mcf_fast.metrics import pseudo_label_quality
+    from mcf_fast.evaluation.quality import pseudo_label_quality
     from mcf_fast.ops.fusion import normalise_response
     from mcf_fast.ops.gdbp import gdbp
 

@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         model = args.model
         if args.templates:
-            from mcf_fast.io.templates import select_templates
+            from mcf_fast.detection.selection import select_templates
 
             model = str(tmp / "templates.json")
             select_templates(mon / "train", n=args.templates, seed=0).save(model)

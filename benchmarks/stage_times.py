@@ -105,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     import mcf_fast.ops.instances as inst
     from mcf_fast.config import DetectionConfig
     from mcf_fast.detection.detector import Detector
+    from mcf_fast.detection.selection import select_templates
     from mcf_fast.evaluation.baselines import watershed_nuclei
     from mcf_fast.io.datasets import FolderDataset
-    from mcf_fast.io.templates import select_templates
 
     data = Path(args.data)
     tset = select_templates(data / "train", n=args.templates, seed=args.seed)

@@ -146,8 +146,8 @@ def test_not_a_bundle(tmp_path):
 def test_real_detector_fit_and_bundle(monuseg, tmp_path, monkeypatch):
     """The loop and the bundle with the real filter-bank detector on MoNuSeg crops."""
     monkeypatch.undo()  # the real detector, not the stand-in
+    from mcf_fast.detection.selection import select_templates
     from mcf_fast.io.datasets import FolderDataset
-    from mcf_fast.io.templates import select_templates
 
     train = FolderDataset(monuseg / "train")
     templates = select_templates(train, n=4, seed=0)

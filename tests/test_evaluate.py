@@ -14,7 +14,9 @@ from mcf_fast.cli import main
 from mcf_fast.config import MCFConfig, SegmentationConfig
 from mcf_fast.errors import ConfigError, DataError
 from mcf_fast.evaluation.baselines import WatershedParams
-from mcf_fast.evaluation.harness import PAPER, results_markdown, run_evaluation
+from mcf_fast.evaluation.harness import run_evaluation
+from mcf_fast.evaluation.paper import PAPER
+from mcf_fast.evaluation.report import results_markdown
 from mcf_fast.io.images import write_image
 from mcf_fast.metrics import METRIC_KEYS, score_folder
 
@@ -304,15 +306,12 @@ def test_ablation_and_sweep_plumbing(dataset, tmp_path, monkeypatch):
     """Each Table 3 switch reaches the config it names; the sweep selects n templates."""
     import types
 
-    import mcf_fast.evaluation.harness as ev
-
     fits = []
 
     def fake_fit(ctx, config, templates, stain, normalizer, folder):
         fits.append((config, len(templates)))
         return _FakeModel(config, templates)
 
-    monkeypatch.setattr(ev, "_fit_mcf", fake_fit)
     fake_module = types.ModuleType("mcf_fast.detection.detector")
     fake_module.Detector = _FakeDetector
     monkeypatch.setitem(__import__("sys").modules, "mcf_fast.detection.detector", fake_module)
@@ -326,6 +325,7 @@ def test_ablation_and_sweep_plumbing(dataset, tmp_path, monkeypatch):
         templates_sweep="1,2",
         config=TINY,
         progress=False,
+        fit=fake_fit,
     )
     variants = [(r["section"], r["variant"]) for r in report["runs"]]
     assert variants == [
@@ -376,15 +376,12 @@ def test_switches_already_off_and_the_main_template_count_are_not_refitted(
     import dataclasses
     import types
 
-    import mcf_fast.evaluation.harness as ev
-
     fits = []
 
     def fake_fit(ctx, config, templates, stain, normalizer, folder):
         fits.append((config, len(templates), folder))
         return _FakeModel(config, templates)
 
-    monkeypatch.setattr(ev, "_fit_mcf", fake_fit)
     fake_module = types.ModuleType("mcf_fast.detection.detector")
     fake_module.Detector = _FakeDetector
     monkeypatch.setitem(__import__("sys").modules, "mcf_fast.detection.detector", fake_module)
@@ -400,6 +397,7 @@ def test_switches_already_off_and_the_main_template_count_are_not_refitted(
         templates_sweep="1,2",
         config=no_self,
         progress=False,
+        fit=fake_fit,
     )
     # main, -seg., -syn., CE, +weig., n=1: "-self." and n=2 are the main fit
     assert [f for _, _, f in fits] == [

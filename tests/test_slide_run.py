@@ -21,7 +21,9 @@ from mcf_fast.cli import main
 from mcf_fast.errors import ConfigError
 from mcf_fast.io.export import CSV_COLUMNS
 from mcf_fast.io.tiling import tile_grid
-from mcf_fast.slide.run import BlobPredictor, predict_tiled, run_slide
+from mcf_fast.slide.predictors import BlobPredictor
+from mcf_fast.slide.run import run_slide
+from mcf_fast.slide.worker import predict_tiled
 
 TILE = 256
 
@@ -397,7 +399,7 @@ def test_cli_slide_refuses_a_template_set_without_detector_only(slide_path, tmp_
 
 def test_load_predictor_picks_the_adapter(tmp_path):
     from mcf_fast.errors import FormatError, InputError
-    from mcf_fast.slide.run import PredictorSpec, load_predictor
+    from mcf_fast.slide.predictors import PredictorSpec, load_predictor
 
     assert isinstance(load_predictor("blob"), BlobPredictor)
     assert isinstance(PredictorSpec("blob", {"norm": 0.2}).build(), BlobPredictor)
@@ -417,7 +419,7 @@ def test_detector_adapter_travels_to_workers(monuseg, tmp_path):
 
     from test_tiling import _mosaic, _point_templates
 
-    from mcf_fast.slide.run import DetectorPredictor, load_predictor
+    from mcf_fast.slide.predictors import DetectorPredictor, load_predictor
 
     path = tmp_path / "t.json"
     _point_templates(monuseg).save(path)
@@ -437,7 +439,7 @@ def test_model_adapter_pairs_labels_and_needs_a_path_for_workers():
     from types import SimpleNamespace
 
     from mcf_fast.errors import InputError
-    from mcf_fast.slide.run import ModelPredictor
+    from mcf_fast.slide.predictors import ModelPredictor
 
     lab = np.zeros((20, 20), np.int32)
     lab[2:6, 2:6] = 1
@@ -566,7 +568,7 @@ def _tinted(img):
 def test_calibrated_model_with_hmaxima_seeds_never_runs_the_detector(tiny_fit):
     from mcf_fast.ops.instances import instance_labels
     from mcf_fast.segmentation.train import predict_proba
-    from mcf_fast.slide.run import ModelPredictor
+    from mcf_fast.slide.predictors import ModelPredictor
 
     model = _model(tiny_fit)
     seg = model.config.segmentation
@@ -606,7 +608,7 @@ def test_calibrated_model_with_centre_seeds_uses_the_calibrated_detector(tiny_fi
     from mcf_fast.detection.detector import Detector
     from mcf_fast.ops.instances import instance_labels
     from mcf_fast.segmentation.train import predict_proba
-    from mcf_fast.slide.run import DetectorPredictor, ModelPredictor
+    from mcf_fast.slide.predictors import DetectorPredictor, ModelPredictor
 
     templates, img = tiny_fit[1], _tinted(tiny_fit[4])
     det = Detector(
@@ -643,7 +645,7 @@ def test_calibrated_model_with_centre_seeds_uses_the_calibrated_detector(tiny_fi
 
 def test_model_calibration_errors(tiny_fit):
     from mcf_fast.errors import InputError
-    from mcf_fast.slide.run import ModelPredictor
+    from mcf_fast.slide.predictors import ModelPredictor
 
     p = ModelPredictor(_model(tiny_fit), halo=40)
     with pytest.raises(InputError, match="samples"):
@@ -675,7 +677,7 @@ def tiny_bundle(tiny_fit, tmp_path, monkeypatch):
 def test_calibrated_bundle_travels_to_workers_with_its_state(tiny_fit, tiny_bundle):
     import pickle
 
-    from mcf_fast.slide.run import ModelPredictor, PredictorSpec, load_predictor
+    from mcf_fast.slide.predictors import ModelPredictor, PredictorSpec, load_predictor
 
     img = _tinted(tiny_fit[4])
     p = load_predictor(tiny_bundle)
@@ -696,7 +698,7 @@ def test_calibrated_bundle_travels_to_workers_with_its_state(tiny_fit, tiny_bund
 def test_slide_run_calibrates_a_bundle_once_for_every_tile(tiny_fit, tiny_bundle, tmp_path):
     import zarr
 
-    from mcf_fast.slide.run import ModelPredictor
+    from mcf_fast.slide.predictors import ModelPredictor
 
     img = _tinted(np.concatenate([tiny_fit[4], tiny_fit[4]], axis=1))  # 96 x 192
     out = tmp_path / "run"
@@ -808,7 +810,8 @@ def test_bundle_slide_run_equals_the_whole_image(tiny_fit, tiny_bundle, tmp_path
     import zarr
 
     from mcf_fast.io.tiling import id_to_yx
-    from mcf_fast.slide.run import ModelPredictor, _calibration_tiles
+    from mcf_fast.slide.predictors import ModelPredictor
+    from mcf_fast.slide.run import _calibration_tiles
 
     img = synthetic_tissue((1024, 1024), n=1400, seed=5)
     out = tmp_path / "run"
@@ -854,7 +857,7 @@ def test_bundle_slide_run_equals_the_whole_image(tiny_fit, tiny_bundle, tmp_path
 
 
 def test_model_halo_covers_the_unet_reach_on_its_pooling_grid(tiny_fit, tmp_path, caplog):
-    from mcf_fast.slide.run import ModelPredictor
+    from mcf_fast.slide.predictors import ModelPredictor
 
     model = _model(tiny_fit)
     assert model.net.multiple == 4 and model.net.reach == 23

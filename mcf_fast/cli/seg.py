@@ -200,9 +200,9 @@ def prediction_table(image: np.ndarray, pred, *, mpp: float | None = None) -> di
     Returns
     -------
     dict of ndarray
-        As :func:`~mcf_fast.io.export.measure_nuclei`.
+        As :func:`~mcf_fast.ops.measure.measure_nuclei`.
     """
-    from mcf_fast.io.export import measure_nuclei
+    from mcf_fast.ops.measure import measure_nuclei
 
     labels = np.asarray(pred.labels)
     ids = np.unique(labels)

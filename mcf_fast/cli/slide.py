@@ -147,7 +147,8 @@ def slide(
     to retry them.
     """
     from mcf_fast.io.slides import open_slide
-    from mcf_fast.slide.run import PredictorSpec, run_slide
+    from mcf_fast.slide.predictors import PredictorSpec
+    from mcf_fast.slide.run import run_slide
 
     if model != "blob" and Path(model).suffix.lower() == ".json" and not detector_only:
         raise McfError(

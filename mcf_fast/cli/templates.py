@@ -51,7 +51,7 @@ def select(data: str, n: int, seed: int, out: str, mpp: float | None, quiet: boo
     each cluster centre, cropped square at twice its equivalent diameter (at least 16 px).
     The same data, N and SEED always give a byte-identical file.
     """
-    from mcf_fast.io.templates import select_templates
+    from mcf_fast.detection.selection import select_templates
 
     ts = select_templates(data, n=n, seed=seed, progress=not quiet)
     _record_mpp(ts, mpp)

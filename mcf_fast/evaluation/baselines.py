@@ -441,7 +441,7 @@ def watershed_params_from_templates(templates) -> WatershedParams:
 
     What a user gets from the same clicks without any learning: the nucleus size comes
     from the templates (a template's side is about twice its nucleus's diameter, see
-    :func:`mcf_fast.io.templates.select_templates`), the threshold stays Otsu's.
+    :func:`mcf_fast.detection.selection.select_templates`), the threshold stays Otsu's.
 
     - ``min_size``: a quarter of the area of the smallest template nucleus (at least 10);
     - ``min_distance``: 0.4 of the median nucleus diameter (at least 3);

@@ -29,7 +29,16 @@ FORBIDDEN = {
         "cli",
     },
     "ops": {"detection", "segmentation", "framework", "slide", "evaluation", "cli"},
-    "io": {"ops", "detection", "segmentation", "framework", "slide", "evaluation", "cli"},
+    "io": {
+        "kernels",
+        "ops",
+        "detection",
+        "segmentation",
+        "framework",
+        "slide",
+        "evaluation",
+        "cli",
+    },
     "metrics": {"detection", "segmentation", "framework", "slide", "evaluation", "cli"},
     "detection": {"segmentation", "framework", "slide", "evaluation", "cli"},
     "segmentation": {"detection", "framework", "slide", "evaluation", "cli"},
@@ -179,3 +188,30 @@ def test_layer_rules_catch_an_upward_import():
         "mcf_fast.ops.x -> mcf_fast.framework.fit (ops must not import framework)",
         "mcf_fast.slide.run -> mcf_fast.cli.common (only the CLI imports the CLI)",
     ]
+
+
+def test_the_public_api_resolves_and_lists_itself():
+    import mcf_fast
+
+    names = {
+        "McfError",
+        "InputError",
+        "ConfigError",
+        "FormatError",
+        "DataError",
+        "DetectionConfig",
+        "SegmentationConfig",
+        "MCFConfig",
+        "Template",
+        "TemplateSet",
+        "Detector",
+        "Detection",
+        "MCF",
+        "MCFModel",
+        "Prediction",
+        "read_image",
+    }
+    assert names <= set(mcf_fast.__all__)
+    assert dir(mcf_fast) == sorted(mcf_fast.__all__)
+    for name in mcf_fast.__all__:
+        assert getattr(mcf_fast, name) is not None

@@ -515,7 +515,6 @@ def tiny_fit():
     import torch
     from seg_fakes import PURPLE, ColourDetector, disk_image, grid_centres, make_templates
 
-    import mcf_fast.framework.model as mcf_mod
     from mcf_fast.config import MCFConfig, SegmentationConfig
     from mcf_fast.framework.fit import MCF
     from mcf_fast.ops.stain import StainNormalizer
@@ -537,11 +536,9 @@ def tiny_fit():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(mcf_mod, "_detector_cls", lambda: ColourDetector)
-            model = MCF(MCFConfig(segmentation=seg)).fit(
-                [img], make_templates(img, [(10, 10)]), stain=stain, progress=False
-            )
+        model = MCF(MCFConfig(segmentation=seg), detector_cls=ColourDetector).fit(
+            [img], make_templates(img, [(10, 10)]), stain=stain, progress=False
+        )
     finally:
         torch.set_num_threads(threads)
     return model.config, model.templates, model.net, stain, img
@@ -666,11 +663,8 @@ def test_model_calibration_errors(tiny_fit):
 
 
 @pytest.fixture
-def tiny_bundle(tiny_fit, tmp_path, monkeypatch):
-    """The tiny model saved as a bundle; loading it here gives a NoDetector."""
-    import mcf_fast.framework.model as mcf_mod
-
-    monkeypatch.setattr(mcf_mod, "_detector_cls", lambda: NoDetector)
+def tiny_bundle(tiny_fit, tmp_path):
+    """The tiny model saved as a bundle; the tests here load it with a NoDetector."""
     return _model(tiny_fit).save(tmp_path / "tiny.mcf")
 
 
@@ -680,13 +674,13 @@ def test_calibrated_bundle_travels_to_workers_with_its_state(tiny_fit, tiny_bund
     from mcf_fast.slide.predictors import ModelPredictor, PredictorSpec, load_predictor
 
     img = _tinted(tiny_fit[4])
-    p = load_predictor(tiny_bundle)
+    p = load_predictor(tiny_bundle, detector_cls=NoDetector)
     assert isinstance(p, ModelPredictor) and p.source == str(tiny_bundle)
     state = json.loads(json.dumps(p.calibration([img[:, :64], img[:, 32:]])))
     cal = p.calibrated(state)
     clone = pickle.loads(pickle.dumps(cal))
     assert clone.state == state and clone.halo == cal.halo
-    built = PredictorSpec(str(tiny_bundle), state).build()
+    built = PredictorSpec(str(tiny_bundle), state, detector_cls=NoDetector).build()
     assert built.state == state
     a = cal.predict_tile(img)
     for other in (clone, built):
@@ -711,6 +705,7 @@ def test_slide_run_calibrates_a_bundle_once_for_every_tile(tiny_fit, tiny_bundle
         progress=False,
         skip_background=False,
         n_calibration=3,
+        detector_cls=NoDetector,
     )
     assert report.complete and report.n_processed == 8 and report.n_nuclei >= 20
     run = json.loads((out / "run.json").read_text())
@@ -741,6 +736,7 @@ def test_bundle_slide_tables_parquet_gzip_and_the_id_formula(tiny_fit, tiny_bund
         skip_background=False,
         parquet=True,
         gzip_geojson=True,
+        detector_cls=NoDetector,
     )
     assert report.complete and report.n_nuclei >= 20
     with open(out / "nuclei.csv", newline="") as fh:
@@ -769,7 +765,7 @@ def test_calibrated_bundle_on_a_local_cluster_matches_the_in_process_run(
 
     img = _tinted(np.concatenate([tiny_fit[4], tiny_fit[4]], axis=1))
     kw = dict(tile=48, progress=False, skip_background=False, n_calibration=3)
-    here = run_slide(img, tiny_bundle, tmp_path / "here", workers=0, **kw)
+    here = run_slide(img, tiny_bundle, tmp_path / "here", workers=0, detector_cls=NoDetector, **kw)
     there = run_slide(img, tiny_bundle, tmp_path / "there", client=client, **kw)
     assert there.complete and there.workers == 2, there.failed
     assert there.n_nuclei == here.n_nuclei > 0
@@ -815,7 +811,16 @@ def test_bundle_slide_run_equals_the_whole_image(tiny_fit, tiny_bundle, tmp_path
 
     img = synthetic_tissue((1024, 1024), n=1400, seed=5)
     out = tmp_path / "run"
-    report = run_slide(img, tiny_bundle, out, tile=512, workers=0, progress=False, n_calibration=2)
+    report = run_slide(
+        img,
+        tiny_bundle,
+        out,
+        tile=512,
+        workers=0,
+        progress=False,
+        n_calibration=2,
+        detector_cls=NoDetector,
+    )
     assert report.complete and report.n_tissue == report.n_processed == 4
     model = _model(tiny_fit)
     # the largest template side (25) + the net's reach (23), on the grid of 4

@@ -10,15 +10,37 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
+
+import click
 
 from mcf_fast.errors import InputError, McfError
 from mcf_fast.io.images import IMAGE_SUFFIXES
 
-__all__ = ["BatchError", "check_images", "collect_images", "raise_failures", "run_batch"]
+__all__ = [
+    "BatchError",
+    "check_images",
+    "collect_images",
+    "injected",
+    "raise_failures",
+    "run_batch",
+]
 
 
 class BatchError(McfError):
     """Some images of a batch could not be processed; the others were."""
+
+
+def injected(name: str) -> Any:
+    """An object handed to the commands by the caller of :func:`mcf_fast.cli.main`.
+
+    ``main(argv, obj={"detector_cls": cls})`` makes ``mcf fit`` and ``mcf predict`` build
+    their detector from ``cls`` (an embedding program's detector, or a test's stand-in);
+    None when nothing was given.
+    """
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return obj.get(name) if isinstance(obj, dict) else None
 
 
 def _is_image(f: Path) -> bool:

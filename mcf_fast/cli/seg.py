@@ -8,7 +8,13 @@ from pathlib import Path
 import click
 import numpy as np
 
-from mcf_fast.cli.common import check_images, collect_images, raise_failures, run_batch
+from mcf_fast.cli.common import (
+    check_images,
+    collect_images,
+    injected,
+    raise_failures,
+    run_batch,
+)
 from mcf_fast.errors import InputError
 from mcf_fast.io.images import read_image, write_image
 from mcf_fast.presets import PRESETS
@@ -170,7 +176,7 @@ def fit(
         f"(preset {preset}, {device})",
         err=True,
     )
-    model = MCF(config).fit(
+    model = MCF(config, detector_cls=injected("detector_cls")).fit(
         paths, templates, stain=stain, checkpoint_dir=ckpt, resume=resume, progress=not quiet
     )
     model.save(out)
@@ -381,7 +387,7 @@ def predict(
         "gzip": gzip_geojson,
     }
     with OutputFolder(out, settings=settings) as folder:
-        model = MCFModel.load(model_path, device=device)
+        model = MCFModel.load(model_path, device=device, detector_cls=injected("detector_cls"))
         if flips is not None:
             seg = dataclasses.replace(model.config.segmentation, tta_flips=flips)
             model.config = dataclasses.replace(model.config, segmentation=seg)

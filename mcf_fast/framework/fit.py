@@ -35,11 +35,10 @@ from tqdm.auto import tqdm
 
 from mcf_fast.config import MCFConfig
 from mcf_fast.errors import DataError, InputError
-from mcf_fast.framework import model as _model
 from mcf_fast.framework.checkpoint import fingerprint as _fingerprint
 from mcf_fast.framework.checkpoint import load_checkpoint as _load_checkpoint
 from mcf_fast.framework.checkpoint import save_checkpoint as _save_checkpoint
-from mcf_fast.framework.model import MCFModel
+from mcf_fast.framework.model import MCFModel, detector_class
 from mcf_fast.framework.residual import residual_templates
 from mcf_fast.io.images import as_rgb_uint8, read_image
 
@@ -123,6 +122,10 @@ class MCF:
     ----------
     config : MCFConfig, optional
         The paper's defaults when None; see also :data:`mcf_fast.presets.PRESETS`.
+    detector_cls : class, optional
+        The detector the rounds build, ``detector_cls(templates, config.detection,
+        device=...)``; :class:`~mcf_fast.detection.detector.Detector` by default (see
+        :func:`~mcf_fast.framework.model.detector_class`).
 
     Examples
     --------
@@ -131,8 +134,11 @@ class MCF:
     >>> pred = model.predict("test.png")                               # doctest: +SKIP
     """
 
-    def __init__(self, config: MCFConfig | None = None) -> None:
+    def __init__(
+        self, config: MCFConfig | None = None, *, detector_cls: type | None = None
+    ) -> None:
         self.config = config if config is not None else MCFConfig()
+        self.detector_cls = detector_cls
         if not isinstance(self.config, MCFConfig):
             raise InputError(f"config: expected an MCFConfig, got {type(config).__name__}")
 
@@ -216,7 +222,7 @@ class MCF:
             if weights is not None:
                 net = build_unet(seg)
                 net.load_state_dict(weights)
-        Detector = _model._detector_cls()
+        Detector = detector_class(self.detector_cls)
         rounds = seg.max_rounds if seg.use_network else 1
         detector = detector_set = None
         with deterministic(seg.device == "cpu"):

@@ -50,8 +50,15 @@ BUNDLE_VERSION = 1
 _BANK = "filter_bank.npz"
 
 
-def _detector_cls():
-    """The detector class (a function, so tests can substitute a stand-in)."""
+def detector_class(detector_cls: type | None = None) -> type:
+    """`detector_cls`, or :class:`~mcf_fast.detection.detector.Detector` when None.
+
+    A detector class is built as ``cls(templates, config.detection, device=...)`` and
+    loaded as ``cls.load(templates, bank_path, config.detection, device=...)``; it has
+    ``detect``, ``with_templates`` and optionally ``save_bank``.
+    """
+    if detector_cls is not None:
+        return detector_cls
     from mcf_fast.detection.detector import Detector
 
     return Detector
@@ -211,15 +218,19 @@ class MCFModel:
         return save_bundle(self, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, device: str = "cpu") -> MCFModel:
+    def load(
+        cls, path: str | os.PathLike, *, device: str = "cpu", detector_cls: type | None = None
+    ) -> MCFModel:
         """Read a bundle written by :meth:`save`.
+
+        `detector_cls` rebuilds the detector (see :func:`detector_class`).
 
         Raises
         ------
         FormatError
             If the file is not a bundle or has an unknown format version.
         """
-        return load_bundle(path, device=device)
+        return load_bundle(path, device=device, detector_cls=detector_cls)
 
 
 # ---------------------------------------------------------------------------- bundles
@@ -325,7 +336,9 @@ def bundle_mpp(path: str | os.PathLike) -> float | None:
     return float(mpp) if mpp is not None else None
 
 
-def load_bundle(path: str | os.PathLike, *, device: str = "cpu") -> MCFModel:
+def load_bundle(
+    path: str | os.PathLike, *, device: str = "cpu", detector_cls: type | None = None
+) -> MCFModel:
     """Read a bundle written by :func:`save_bundle`.
 
     Parameters
@@ -333,6 +346,8 @@ def load_bundle(path: str | os.PathLike, *, device: str = "cpu") -> MCFModel:
     path : str or PathLike
     device : str
         Where the network runs ("cpu", "cuda", "cuda:1"); recorded in the model's config.
+    detector_cls : class, optional
+        The detector to rebuild (:func:`detector_class`); the package's Detector by default.
 
     Returns
     -------
@@ -370,7 +385,7 @@ def load_bundle(path: str | os.PathLike, *, device: str = "cpu") -> MCFModel:
             tpath = Path(tmpdir) / member
             tpath.write_bytes(zf.read(member))
             templates = TemplateSet.load(tpath)
-            Detector = _detector_cls()
+            Detector = detector_class(detector_cls)
             if _BANK in names:
                 member = _BANK
                 bpath = Path(tmpdir) / _BANK

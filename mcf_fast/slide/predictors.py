@@ -426,6 +426,9 @@ class ModelPredictor:
         the detector's reach, else the largest template side.
     state : dict, optional
         A calibration from :meth:`calibration`.
+    detector_cls : class, optional
+        The detector class the bundle is loaded with where the predictor travels
+        (:func:`~mcf_fast.framework.model.detector_class`); the package's by default.
 
     Raises
     ------
@@ -440,9 +443,11 @@ class ModelPredictor:
         source: str | os.PathLike | None = None,
         halo: int | None = None,
         state: dict[str, Any] | None = None,
+        detector_cls: type | None = None,
     ) -> None:
         self.model = model
         self.source = None if source is None else str(source)
+        self.detector_cls = detector_cls
         net = getattr(model, "net", None)
         #: read regions start on multiples of this: the U-Net's pooling grid
         self.align = max(1, int(getattr(net, "multiple", 1))) if net is not None else 1
@@ -475,16 +480,23 @@ class ModelPredictor:
                 "ModelPredictor: a model without its bundle path cannot be sent "
                 "to dask workers; pass the bundle path to run_slide"
             )
-        return {"source": self.source, "halo": self.halo, "state": self.state}
+        return {
+            "source": self.source,
+            "halo": self.halo,
+            "state": self.state,
+            "detector_cls": self.detector_cls,
+        }
 
     def __setstate__(self, data: dict[str, Any]) -> None:
         from mcf_fast.framework.model import MCFModel
 
+        detector_cls = data.get("detector_cls")
         self.__init__(
-            MCFModel.load(data["source"]),
+            MCFModel.load(data["source"], detector_cls=detector_cls),
             source=data["source"],
             halo=data["halo"],
             state=data.get("state"),
+            detector_cls=detector_cls,
         )
 
     # -- what the model's labels depend on ---------------------------------------------------
@@ -568,7 +580,13 @@ class ModelPredictor:
 
     def calibrated(self, state: dict[str, Any]) -> ModelPredictor:
         """This predictor with a slide-level calibration from :meth:`calibration`."""
-        return ModelPredictor(self.model, source=self.source, halo=self.halo, state=state)
+        return ModelPredictor(
+            self.model,
+            source=self.source,
+            halo=self.halo,
+            state=state,
+            detector_cls=self.detector_cls,
+        )
 
     # -- prediction ----------------------------------------------------------------------------
     def predict_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -639,20 +657,23 @@ class PredictorSpec:
 
     source: str
     calibration: dict[str, Any] = field(default_factory=dict)
+    #: the detector class a bundle is loaded with (:func:`load_predictor`); None: the package's
+    detector_cls: type | None = None
 
     def build(self) -> TilePredictor:
-        pred = load_predictor(self.source)
+        pred = load_predictor(self.source, detector_cls=self.detector_cls)
         if self.calibration and hasattr(pred, "calibrated"):
             pred = pred.calibrated(self.calibration)
         return pred
 
 
-def load_predictor(source: str | os.PathLike) -> TilePredictor:
+def load_predictor(source: str | os.PathLike, *, detector_cls: type | None = None) -> TilePredictor:
     """Build a predictor from what the user gave as ``--model``.
 
     ``"blob"`` is :class:`BlobPredictor`; a ``.json`` file is a template set (a
     :class:`~mcf_fast.detection.detector.Detector` built from it); anything else is a model
-    bundle written by ``mcf fit``.
+    bundle written by ``mcf fit``, loaded with `detector_cls` (see
+    :meth:`~mcf_fast.framework.model.MCFModel.load`).
 
     Raises
     ------
@@ -673,4 +694,5 @@ def load_predictor(source: str | os.PathLike) -> TilePredictor:
         return DetectorPredictor(Detector(TemplateSet.load(path)))
     from mcf_fast.framework.model import MCFModel
 
-    return ModelPredictor(MCFModel.load(path), source=path)
+    model = MCFModel.load(path, detector_cls=detector_cls)
+    return ModelPredictor(model, source=path, detector_cls=detector_cls)

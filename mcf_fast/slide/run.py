@@ -177,6 +177,7 @@ def run_slide(
     on_tile: Callable[[dict[str, Any]], None] | None = None,
     parquet: bool = False,
     gzip_geojson: bool = False,
+    detector_cls: type | None = None,
 ) -> SlideReport:
     """Detect and segment nuclei over a whole slide, on dask, streaming results to `out`.
 
@@ -222,6 +223,9 @@ def run_slide(
         Also write the nucleus table as ``nuclei.parquet`` (needs pyarrow).
     gzip_geojson : bool
         Write ``nuclei.geojson.gz`` (gzip) instead of ``nuclei.geojson``.
+    detector_cls : class, optional
+        With a bundle path: the detector class it is loaded with (see
+        :func:`~mcf_fast.slide.predictors.load_predictor`); the package's by default.
 
     Returns
     -------
@@ -241,7 +245,7 @@ def run_slide(
     out_dir = check_output_dir(out)  # before any model is loaded or tile read
     reader = open_slide(slide, level=level, mpp=mpp)
     if isinstance(predictor, (str, os.PathLike)):
-        predictor = PredictorSpec(str(predictor))
+        predictor = PredictorSpec(str(predictor), detector_cls=detector_cls)
     local_pred = predictor.build() if isinstance(predictor, PredictorSpec) else predictor
     if not isinstance(local_pred, TilePredictor):
         raise InputError(f"predictor: {type(local_pred).__name__} has no predict_tile/halo")

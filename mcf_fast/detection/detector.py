@@ -22,12 +22,10 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.signal import fftconvolve
 
 from mcf_fast.config import DetectionConfig
 from mcf_fast.errors import FormatError, InputError
 from mcf_fast.io.images import as_rgb_uint8
-from mcf_fast.kernels.fusion import group_topk_kernel, scale_template_kernel
 from mcf_fast.ops.correlation import SpectralBank, iter_correlate_batches
 from mcf_fast.ops.filters import (
     FilterBank,
@@ -38,7 +36,12 @@ from mcf_fast.ops.filters import (
     projection_rank,
     scale_sizes,
 )
-from mcf_fast.ops.fusion import normalise_response
+from mcf_fast.ops.fusion import (
+    accumulate_crops,
+    accumulate_scales_templates,
+    normalise_response,
+    weight_scales,
+)
 from mcf_fast.ops.pseudo import colour_posterior, find_centres, gate_centres, pseudo_mask
 
 __all__ = ["Detection", "Detector", "postprocess"]
@@ -338,12 +341,12 @@ class Detector:
             return self._engine.fused(features, self)
         cfg = self.config
         n_t, n_k, n_u = self._layout
-        mean = cfg.fusion == "mean"
+        fuse = {"top_t": cfg.top_t, "mode": cfg.fusion}
         h, w = features.shape[:2]
         out = np.empty((h, w), dtype=np.float32)
         if self._folded:
             for offsets, r in iter_correlate_batches(features, self._engine):
-                scale_template_kernel(r, n_t, n_k, cfg.top_t, cfg.top_h, mean, out, offsets)
+                accumulate_scales_templates(r, n_t, n_k, out, offsets, top_h=cfg.top_h, **fuse)
             return out
         # general path: crop fusion first, into full-size maps (N*K of them); with eq. (2)
         # read literally, G_k then acts on these maps, computed e pixels beyond the image
@@ -351,20 +354,12 @@ class Detector:
         e = int(self._gk.max()) // 2
         sk = np.empty((n_t * n_k, h + 2 * e, w + 2 * e), dtype=np.float32)
         for offsets, r in iter_correlate_batches(features, self._engine, margin=e):
-            group_topk_kernel(r, n_u, cfg.top_t, mean, sk, offsets)
+            accumulate_crops(r, n_u, sk, offsets, **fuse)
         if e:
-            weighted = np.empty((n_t * n_k, h, w), dtype=np.float32)
-            for n in range(n_t):
-                for k in range(n_k):
-                    g = self.bank.g_weight(n, k)
-                    ek = g.shape[0] // 2
-                    src = sk[n * n_k + k, e - ek : e + ek + h, e - ek : e + ek + w]
-                    weighted[n * n_k + k] = fftconvolve(
-                        src.astype(np.float64), g[::-1, ::-1], mode="valid"
-                    )
-            sk = weighted
+            weights = [[self.bank.g_weight(n, k) for k in range(n_k)] for n in range(n_t)]
+            sk = weight_scales(sk, weights, margin=e)
         whole = np.array([[0, 0, h, w]], dtype=np.int64)
-        scale_template_kernel(sk[None], n_t, n_k, cfg.top_t, cfg.top_h, mean, out, whole)
+        accumulate_scales_templates(sk[None], n_t, n_k, out, whole, top_h=cfg.top_h, **fuse)
         return out
 
     def with_templates(self, templates) -> Detector:

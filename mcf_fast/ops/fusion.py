@@ -17,7 +17,15 @@ from scipy.signal import fftconvolve
 from mcf_fast.errors import InputError
 from mcf_fast.kernels.fusion import group_topk_kernel, scale_template_kernel
 
-__all__ = ["fuse_crops", "fuse_scales_templates", "fuse_responses", "normalise_response"]
+__all__ = [
+    "accumulate_crops",
+    "accumulate_scales_templates",
+    "fuse_crops",
+    "fuse_scales_templates",
+    "fuse_responses",
+    "normalise_response",
+    "weight_scales",
+]
 
 
 def _whole(h: int, w: int) -> np.ndarray:
@@ -47,6 +55,84 @@ def _as_maps(r: np.ndarray, name: str) -> np.ndarray:
     return a
 
 
+def accumulate_crops(
+    batch: np.ndarray,
+    n_u: int,
+    out: np.ndarray,
+    offsets: np.ndarray,
+    *,
+    top_t: int,
+    mode: str = "topk",
+) -> None:
+    """CFF of a batch of response tiles, written into `out` at each tile's offset.
+
+    The streaming form of :func:`fuse_crops` that the detector runs on the batches of
+    :func:`~mcf_fast.ops.correlation.iter_correlate_batches`; no validation (the hot path).
+
+    Parameters
+    ----------
+    batch : ndarray, shape (B, M * U, h, w), float32, C-contiguous
+        B tiles of the M * U crop responses.
+    n_u : int
+        U, the crops per group.
+    out : ndarray, shape (M, H, W), float32
+        Written in place.
+    offsets : ndarray, shape (B, 4), int64
+        ``(y0, x0, h, w)``: where each tile's top-left h x w pixels go in `out`.
+    top_t : int
+    mode : {"topk", "mean"}
+    """
+    group_topk_kernel(batch, n_u, top_t, mode == "mean", out, offsets)
+
+
+def accumulate_scales_templates(
+    batch: np.ndarray,
+    n_t: int,
+    n_k: int,
+    out: np.ndarray,
+    offsets: np.ndarray,
+    *,
+    top_t: int,
+    top_h: int,
+    mode: str = "topk",
+) -> None:
+    """MFF and eq. (3) of a batch of tiles into `out`: the streaming form of
+    :func:`fuse_scales_templates` (batch (B, N * K, h, w), `out` (H, W)); no validation."""
+    scale_template_kernel(batch, n_t, n_k, top_t, top_h, mode == "mean", out, offsets)
+
+
+def weight_scales(
+    crop_fused: np.ndarray, weights: Sequence[Sequence[np.ndarray]], *, margin: int
+) -> np.ndarray:
+    """Eq. (2) read literally: correlate each crop-fused map ``S_k^n`` with its ``G_k``.
+
+    Parameters
+    ----------
+    crop_fused : ndarray, shape (N * K, H + 2 margin, W + 2 margin), float32
+        The maps, computed `margin` pixels beyond the image so that the result is exact.
+    weights : N x K arrays
+        ``G_k`` of each template and scale (odd sides of at most ``2 margin + 1``).
+    margin : int
+
+    Returns
+    -------
+    ndarray, shape (N * K, H, W), float32
+    """
+    n_t, n_k = len(weights), len(weights[0])
+    h, w = crop_fused.shape[1] - 2 * margin, crop_fused.shape[2] - 2 * margin
+    out = np.empty((n_t * n_k, h, w), dtype=np.float32)
+    for n in range(n_t):
+        for k in range(n_k):
+            g = weights[n][k]
+            ek = g.shape[0] // 2
+            src = crop_fused[
+                n * n_k + k, margin - ek : margin + ek + h, margin - ek : margin + ek + w
+            ]
+            # correlation with G is convolution with G flipped
+            out[n * n_k + k] = fftconvolve(src.astype(np.float64), g[::-1, ::-1], mode="valid")
+    return out
+
+
 def fuse_crops(responses: np.ndarray, *, top_t: int = 3, mode: str = "topk") -> np.ndarray:
     """CFF: accumulate the top-T of the U crop responses per pixel.
 
@@ -62,16 +148,15 @@ def fuse_crops(responses: np.ndarray, *, top_t: int = 3, mode: str = "topk") -> 
     -------
     ndarray, shape (M, H, W), float32
     """
-    mean = _check_mode(mode)
+    _check_mode(mode)
     t = _check_t("top_t", top_t)
     r = _as_maps(responses, "responses")
     if r.ndim != 4:
         raise InputError(f"responses: expected (M, U, H, W), got shape {r.shape}")
     m, u, h, w = r.shape
     out = np.empty((m, h, w), dtype=np.float32)
-    group_topk_kernel(
-        np.ascontiguousarray(r.reshape(1, m * u, h, w)), u, t, mean, out, _whole(h, w)
-    )
+    batch = np.ascontiguousarray(r.reshape(1, m * u, h, w))
+    accumulate_crops(batch, u, out, _whole(h, w), top_t=t, mode=mode)
     return out
 
 
@@ -90,7 +175,7 @@ def fuse_scales_templates(
     -------
     ndarray, shape (H, W), float32: the fused response S (not normalised).
     """
-    mean = _check_mode(mode)
+    _check_mode(mode)
     t = _check_t("top_t", top_t)
     hh = _check_t("top_h", top_h)
     r = _as_maps(responses, "responses")
@@ -98,9 +183,8 @@ def fuse_scales_templates(
         raise InputError(f"responses: expected (N, K, H, W), got shape {r.shape}")
     n, k, h, w = r.shape
     out = np.empty((h, w), dtype=np.float32)
-    scale_template_kernel(
-        np.ascontiguousarray(r.reshape(1, n * k, h, w)), n, k, t, hh, mean, out, _whole(h, w)
-    )
+    batch = np.ascontiguousarray(r.reshape(1, n * k, h, w))
+    accumulate_scales_templates(batch, n, k, out, _whole(h, w), top_t=t, top_h=hh, mode=mode)
     return out
 
 

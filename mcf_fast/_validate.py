@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from mcf_fast.errors import InputError
+from mcf_fast.errors import FormatError, InputError
 
-__all__ = ["as_int"]
+__all__ = ["as_int", "check_version", "cuda_missing", "is_device"]
 
 
 def as_int(v: Any, name: str) -> int:
@@ -30,3 +30,42 @@ def as_int(v: Any, name: str) -> int:
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
         return int(v)
     raise InputError(f"{name}: expected an integer, got {v!r}")
+
+
+def check_version(found: Any, supported: int, what: str, *, hint: str = "") -> None:
+    """The format-version rule of every versioned file: exactly the version this code writes.
+
+    Parameters
+    ----------
+    found : any
+        The version the file records (None when it records none).
+    supported : int
+        The one version this mcf_fast reads.
+    what : str
+        Where and what, e.g. ``"t.json: template-set format version"``.
+    hint : str
+        Appended to the message (e.g. what to do instead).
+
+    Raises
+    ------
+    FormatError
+        ``"{what} {found!r} is not supported (this mcf_fast reads version N){hint}"``.
+    """
+    if found != supported:
+        raise FormatError(
+            f"{what} {found!r} is not supported (this mcf_fast reads version {supported}){hint}"
+        )
+
+
+def is_device(device: Any) -> bool:
+    """The one device rule: ``"cpu"``, or ``"cuda"`` / ``"cuda:N"`` (torch checks N)."""
+    return isinstance(device, str) and (device == "cpu" or device.startswith("cuda"))
+
+
+def cuda_missing(device: str) -> bool:
+    """True when `device` is a CUDA device and torch finds none on this machine."""
+    if not device.startswith("cuda"):
+        return False
+    import torch
+
+    return not torch.cuda.is_available()

@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcf_fast._validate import is_device
 from mcf_fast.errors import ConfigError
 
 __all__ = ["DetectionConfig", "SegmentationConfig", "MCFConfig", "config_to_dict"]
@@ -336,7 +337,7 @@ class SegmentationConfig:
         for name in ("t2", "t3", "t4"):
             _unit(c, name, getattr(self, name))
         _check(
-            self.device == "cpu" or self.device.startswith("cuda"),
+            is_device(self.device),
             c,
             "device",
             self.device,

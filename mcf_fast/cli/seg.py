@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from mcf_fast._validate import cuda_missing, is_device
 from mcf_fast.cli.common import (
     check_images,
     collect_images,
@@ -16,7 +17,7 @@ from mcf_fast.cli.common import (
     run_batch,
 )
 from mcf_fast.errors import InputError
-from mcf_fast.io.images import read_image, write_image
+from mcf_fast.io.images import read_image, write_image, write_labels
 from mcf_fast.presets import PRESETS
 
 __all__ = [
@@ -39,13 +40,10 @@ def _set_threads(threads: int | None) -> None:
 
 
 def _check_device(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {device}: no CUDA device is available here")
-    elif device != "cpu":
+    if not is_device(device):
         raise InputError(f"--device {device}: expected cpu, cuda or cuda:N")
+    if cuda_missing(device):
+        raise InputError(f"--device {device}: no CUDA device is available here")
 
 
 @click.command("fit", context_settings={"help_option_names": ["-h", "--help"]})
@@ -258,10 +256,7 @@ def write_prediction(
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = pred.labels
     table = prediction_table(image, pred, mpp=mpp)
-    if labels.max(initial=0) <= np.iinfo(np.uint16).max:
-        lpath = write_image(out_dir / f"{name}.png", labels.astype(np.uint16))
-    else:
-        lpath = write_image(out_dir / f"{name}.tif", labels.astype(np.uint32))
+    lpath = write_labels(out_dir / name, labels)
     cpath = out_dir / f"{name}.csv"
     concat_csv(cpath, [csv_fragment(0, table)])
     gpath = out_dir / (f"{name}.geojson.gz" if gzip_geojson else f"{name}.geojson")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from mcf_fast._validate import is_device
 from mcf_fast.config import DetectionConfig
 from mcf_fast.errors import FormatError, InputError
 from mcf_fast.io.images import as_rgb_uint8
@@ -211,7 +212,7 @@ class Detector:
         items = _templates_of(templates)
         self.templates = templates if isinstance(templates, TemplateSet) else TemplateSet(items)
         self.config = cfg
-        if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
+        if not is_device(device):
             raise InputError(f"device = {device!r}: expected 'cpu' or 'cuda[:N]'")
         self.device = device
         self._table = resolve_color_names(cfg.color_names) if cfg.use_cn else None

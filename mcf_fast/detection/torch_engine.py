@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mcf_fast._validate import cuda_missing
 from mcf_fast.errors import InputError
 from mcf_fast.ops.correlation import pad_features
 
@@ -19,7 +20,7 @@ __all__ = ["TorchCorrelator", "torch_fuse"]
 
 
 def _device(device: str) -> torch.device:
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if cuda_missing(device):
         raise InputError(f"device = {device!r}: torch finds no CUDA device on this machine")
     try:
         return torch.device(device)

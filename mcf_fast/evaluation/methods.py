@@ -16,7 +16,7 @@ import numpy as np
 
 from mcf_fast.errors import DataError
 from mcf_fast.evaluation.report import results_markdown
-from mcf_fast.io.images import atomic_path, write_image
+from mcf_fast.io.images import atomic_path, write_labels
 
 __all__ = ["Context", "Split", "fit_mcf", "write_prediction"]
 
@@ -33,11 +33,7 @@ def _csv_points(path: Path, centres: np.ndarray) -> None:
 def write_prediction(
     folder: Path, name: str, labels: np.ndarray, centres: np.ndarray | None
 ) -> None:
-    labels = np.asarray(labels)
-    if labels.size and int(labels.max()) > np.iinfo(np.uint16).max:
-        write_image(folder / f"{name}.tif", labels.astype(np.uint32))
-    else:
-        write_image(folder / f"{name}.png", labels.astype(np.uint16))
+    write_labels(folder / name, labels)
     if centres is not None:
         _csv_points(folder / f"{name}.csv", centres)
 
@@ -356,17 +352,12 @@ def _restain_templates(ctx: Context, templates: Any, stain: str, normalizer: Any
     """The same template set with its crops cut from the stain-normalised train images."""
     if normalizer is None:
         return templates
-    from mcf_fast.io.templates import Template, TemplateSet, crop_template
+    from mcf_fast.io.templates import restain_templates
 
-    new = []
-    for t in templates:
-        if t.image in ctx.train.names:
-            img = ctx.images("train", stain, normalizer)[ctx.train.names.index(t.image)]
-            crop = crop_template(img, t.y, t.x, t.size)
-        else:
-            crop = normalizer.transform(t.crop)
-        new.append(Template(t.image, t.y, t.x, t.size, crop))
-    return TemplateSet(new, meta=templates.meta)
+    images = ctx.images("train", stain, normalizer)
+    return restain_templates(
+        templates, normalizer.transform, dict(zip(ctx.train.names, images, strict=True))
+    )
 
 
 def _run_detector(

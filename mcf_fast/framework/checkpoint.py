@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mcf_fast._validate import check_version
 from mcf_fast.config import MCFConfig, config_to_dict
 from mcf_fast.errors import FormatError, InputError
 from mcf_fast.io.images import atomic_path
@@ -100,11 +101,7 @@ def load_checkpoint(folder: Path, fingerprint: str):
         raise FormatError(f"{path}: not a readable checkpoint ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("format") != "mcf_fast.checkpoint":
         raise FormatError(f"{path}: not an mcf_fast checkpoint")
-    if doc.get("version") != CHECKPOINT_VERSION:
-        raise FormatError(
-            f"{path}: checkpoint version {doc.get('version')!r} is not supported "
-            f"(this mcf_fast reads version {CHECKPOINT_VERSION})"
-        )
+    check_version(doc.get("version"), CHECKPOINT_VERSION, f"{path}: checkpoint version")
     if doc.get("fingerprint") != fingerprint:
         raise InputError(
             f"{path}: this checkpoint belongs to a fit with other images, "

@@ -68,22 +68,6 @@ def _load_images(
     return arrays, out_names
 
 
-def _restain_templates(templates, stain, images: list[np.ndarray], names: list[str]):
-    """Templates in the normalised colour space: re-cropped where their image is known."""
-    from mcf_fast.io.templates import Template, TemplateSet, crop_template
-
-    by_name = dict(zip(names, images, strict=True))
-    out = []
-    for t in templates:
-        img = by_name.get(Path(t.image).stem)
-        if img is not None and 0 <= t.y < img.shape[0] and 0 <= t.x < img.shape[1]:
-            crop = crop_template(img, t.y, t.x, t.size)
-        else:
-            crop = as_rgb_uint8(stain.transform(t.crop))
-        out.append(Template(image=t.image, y=t.y, x=t.x, size=t.size, crop=crop))
-    return TemplateSet(out, meta=templates.meta)
-
-
 def _pseudo_fractions(pseudo: list[np.ndarray]) -> dict[str, float]:
     """Shares of unknown, background and nucleus pixels; an error when a class is absent."""
     counts = sum(np.bincount(pm.ravel().astype(np.int64) + 1, minlength=3) for pm in pseudo)
@@ -192,7 +176,7 @@ class MCF:
         FormatError
             For a checkpoint of an unknown version.
         """
-        from mcf_fast.io.templates import TemplateSet
+        from mcf_fast.io.templates import TemplateSet, restain_templates
         from mcf_fast.segmentation.train import (
             SyntheticSampler,
             build_unet,
@@ -211,7 +195,9 @@ class MCF:
             imgs = [
                 as_rgb_uint8(stain.transform(im), name=n) for im, n in zip(imgs, names, strict=True)
             ]
-            templates = _restain_templates(templates, stain, imgs, names)
+            templates = restain_templates(
+                templates, stain.transform, dict(zip(names, imgs, strict=True))
+            )
         fingerprint = _fingerprint(cfg, imgs, names, templates, stain)
         ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
 

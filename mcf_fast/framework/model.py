@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mcf_fast._validate import check_version
 from mcf_fast.config import MCFConfig, config_to_dict
 from mcf_fast.errors import FormatError, InputError, describe
 from mcf_fast.io.images import as_rgb_uint8, atomic_path, read_image
@@ -298,12 +299,12 @@ def _read_doc(zf: zipfile.ZipFile, p: Path) -> dict[str, Any]:
         raise FormatError(f"{p}: model.json is not valid JSON ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
         raise FormatError(f'{p}: not a model bundle (expected "format": "{BUNDLE_FORMAT}")')
-    version = doc.get("format_version")
-    if version != BUNDLE_VERSION:
-        raise FormatError(
-            f"{p}: model bundle format version {version!r} is not supported (this mcf_fast "
-            f"reads version {BUNDLE_VERSION}); refit the model or use a matching mcf_fast"
-        )
+    check_version(
+        doc.get("format_version"),
+        BUNDLE_VERSION,
+        f"{p}: model bundle format version",
+        hint="; refit the model or use a matching mcf_fast",
+    )
     return doc
 
 

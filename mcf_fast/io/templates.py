@@ -26,14 +26,14 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mcf_fast._validate import as_int
+from mcf_fast._validate import as_int, check_version
 from mcf_fast.errors import FormatError, InputError
 from mcf_fast.io.images import as_rgb_uint8, atomic_path
 
@@ -45,6 +45,7 @@ __all__ = [
     "TemplateSet",
     "crop_template",
     "read_points_csv",
+    "restain_templates",
     "read_points",
     "contact_sheet",
 ]
@@ -259,12 +260,7 @@ class TemplateSet:
             raise FormatError(f"{p}: not a JSON template-set file ({exc})") from exc
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
             raise FormatError(f'{p}: not a template-set file (expected "format": "{FORMAT_NAME}")')
-        version = doc.get("version")
-        if version != FORMAT_VERSION:
-            raise FormatError(
-                f"{p}: template-set format version {version!r} is not supported "
-                f"(this mcf_fast reads version {FORMAT_VERSION})"
-            )
+        check_version(doc.get("version"), FORMAT_VERSION, f"{p}: template-set format version")
         entries = doc.get("templates")
         if not isinstance(entries, list) or not entries:
             raise FormatError(f'{p}: "templates" must be a non-empty list')
@@ -359,6 +355,32 @@ def _decode_png(text: Any) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except Exception as exc:
         raise InputError(f"crop_png: not a base64-encoded PNG ({type(exc).__name__})") from exc
+
+
+def restain_templates(
+    templates: TemplateSet,
+    transform: Callable[[np.ndarray], np.ndarray],
+    images: Mapping[str, np.ndarray],
+) -> TemplateSet:
+    """The same templates in a stain-normalised colour space.
+
+    A template whose image (by file stem) is in `images`, the already-normalised images,
+    is cut again from it; any other crop is passed through `transform` (the normaliser's).
+
+    Returns
+    -------
+    TemplateSet
+        Same positions, sizes and ``meta``.
+    """
+    out = []
+    for t in templates:
+        img = images.get(Path(t.image).stem)
+        if img is not None and 0 <= t.y < img.shape[0] and 0 <= t.x < img.shape[1]:
+            crop = crop_template(img, t.y, t.x, t.size)
+        else:
+            crop = as_rgb_uint8(transform(t.crop))
+        out.append(Template(image=t.image, y=t.y, x=t.x, size=t.size, crop=crop))
+    return TemplateSet(out, meta=templates.meta)
 
 
 # ---------------------------------------------------------------------- points files

@@ -30,6 +30,7 @@ import numpy as np
 
 from mcf_fast.errors import ConfigError, InputError
 from mcf_fast.io.tiling import associate
+from mcf_fast.ops.tissue import hematoxylin_od
 
 __all__ = [
     "TilePredictor",
@@ -62,12 +63,6 @@ class TilePredictor(Protocol):
     halo: int
 
     def predict_tile(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-def _hematoxylin(rgb: np.ndarray) -> np.ndarray:
-    from skimage.color import rgb2hed
-
-    return rgb2hed(rgb)[:, :, 0]
 
 
 def nearest_centre_labels(
@@ -146,7 +141,7 @@ class BlobPredictor:
     def _smooth(self, rgb: np.ndarray) -> np.ndarray:
         from scipy import ndimage as ndi
 
-        return ndi.gaussian_filter(_hematoxylin(rgb), self.sigma, mode="reflect", truncate=4.0)
+        return ndi.gaussian_filter(hematoxylin_od(rgb), self.sigma, mode="reflect", truncate=4.0)
 
     def calibration(self, samples: Sequence[np.ndarray]) -> dict[str, float]:
         """The slide-level normalisation: the 99th percentile over all sample pixels."""

@@ -19,6 +19,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from mcf_fast.cli.common import device_option, quiet_option
+
 #: packaged template points for scikit-image's immunohistochemistry() example (y, x, size)
 DEMO_POINTS = "ihc_templates.csv"
 #: the demo image is IHC (DAB + hematoxylin), not H&E: the defaults were tuned on H&E, so the
@@ -98,13 +100,13 @@ _DEVICE_HELP = "Where correlation and fusion run: cpu, or cuda[:N] (needs torch 
     help="Output folder (created if needed).",
 )
 @click.option("--color-names", default=None, help=_COLOR_HELP)
-@click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
+@device_option(_DEVICE_HELP)
 @click.option(
     "--resume",
     is_flag=True,
     help="Skip images whose outputs in --out are complete, from the same input and settings.",
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option()
 def detect(
     templates_path: str,
     inputs: tuple[str, ...],

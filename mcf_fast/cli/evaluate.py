@@ -7,6 +7,8 @@ import shlex
 import click
 from click.core import ParameterSource
 
+from mcf_fast.cli.common import device_option
+
 
 def _command_line(ctx: click.Context) -> str:
     """The invocation as typed: the options given on the command line, in declared order."""
@@ -85,9 +87,7 @@ def _command_line(ctx: click.Context) -> str:
     help="Stain normalisation modes to report: none, auto, macenko, vahadane "
     "(e.g. none,auto for with and without).",
 )
-@click.option(
-    "--device", default="cpu", show_default=True, help="Device of the U-Net: cpu or cuda[:N]."
-)
+@device_option("Device of the U-Net: cpu or cuda[:N].")
 @click.option(
     "--limit",
     default=None,

@@ -8,20 +8,23 @@ from pathlib import Path
 import click
 import numpy as np
 
-from mcf_fast._validate import cuda_missing, is_device
 from mcf_fast.cli.common import (
+    check_device,
     check_images,
     collect_images,
+    device_option,
+    gzip_option,
     injected,
+    quiet_option,
     raise_failures,
     run_batch,
+    threads_option,
 )
 from mcf_fast.errors import InputError
 from mcf_fast.io.images import read_image, write_image, write_labels
 from mcf_fast.presets import PRESETS
 
 __all__ = [
-    "collect_images",
     "fit",
     "predict",
     "predict_rescaled",
@@ -37,13 +40,6 @@ def _set_threads(threads: int | None) -> None:
         if threads < 1:
             raise InputError(f"--threads: expected a positive number, got {threads}")
         torch.set_num_threads(threads)
-
-
-def _check_device(device: str) -> None:
-    if not is_device(device):
-        raise InputError(f"--device {device}: expected cpu, cuda or cuda:N")
-    if cuda_missing(device):
-        raise InputError(f"--device {device}: no CUDA device is available here")
 
 
 @click.command("fit", context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,7 +66,7 @@ def _check_device(device: str) -> None:
     show_default=True,
     help="quick: minutes on a CPU; paper: the paper's settings (GPU advised).",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@device_option()
 @click.option("--seed", type=int, default=None, help="Seed (default: the preset's, 0).")
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted fit from its checkpoint folder."
@@ -102,8 +98,8 @@ def _check_device(device: str) -> None:
     help="Microns per pixel of IMAGES, recorded in the bundle [default: the template "
     "set's, else the first image's metadata].",
 )
-@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@threads_option()
+@quiet_option(bars=True, short=True)
 def fit(
     images,
     templates_path,
@@ -128,7 +124,7 @@ def fit(
     """
     from mcf_fast.io.outputs import check_output_dir, check_output_file, lock_folder
 
-    _check_device(device)
+    check_device(device)
     _set_threads(threads)
     paths = collect_images(images)
     check_output_file(out)
@@ -333,7 +329,7 @@ def predict_rescaled(model, image: np.ndarray, scale: float):
     type=click.Path(file_okay=False, path_type=Path),
     help="Output folder.",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@device_option()
 @click.option(
     "--flips/--no-flips",
     default=None,
@@ -346,14 +342,14 @@ def predict_rescaled(model, image: np.ndarray, scale: float):
     help="Microns per pixel of the images (the µm measurements; with a model that records "
     "its mpp, images are resampled to the model's scale and results mapped back).",
 )
-@click.option("--gzip", "gzip_geojson", is_flag=True, help="Write <name>.geojson.gz (gzip).")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
+@gzip_option("<name>")
+@threads_option()
 @click.option(
     "--resume",
     is_flag=True,
     help="Skip images whose outputs in --out are complete, from the same input and model.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option(short=True)
 def predict(
     images, model_path, out, device, flips, mpp, gzip_geojson, threads, resume, quiet
 ) -> None:
@@ -371,7 +367,7 @@ def predict(
     from mcf_fast.framework.model import MCFModel
     from mcf_fast.io.outputs import OutputFolder, file_digest
 
-    _check_device(device)
+    check_device(device)
     _set_threads(threads)
     paths = collect_images(images)
     settings = {

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from mcf_fast.cli.common import gzip_option, quiet_option
 from mcf_fast.errors import McfError
 
 
@@ -118,8 +119,8 @@ def _to_model_scale(reader, model: str):
 @click.option(
     "--parquet", is_flag=True, help="Also write nuclei.parquet (the table; needs pyarrow)."
 )
-@click.option("--gzip", "gzip_geojson", is_flag=True, help="Write nuclei.geojson.gz (gzip).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@gzip_option("nuclei")
+@quiet_option()
 def slide(
     slide_path: str,
     model: str,

@@ -236,19 +236,32 @@ def fuse_responses(
     return fuse_scales_templates(sk.reshape(n, k, h, w), top_t=top_t, top_h=top_h, mode=mode)
 
 
-def normalise_response(s: np.ndarray) -> np.ndarray:
+def normalise_response(
+    s: np.ndarray, *, value_range: tuple[float, float] | None = None
+) -> np.ndarray:
     """Min-max normalisation of S to [0, 1] (a constant map becomes all zeros).
+
+    Parameters
+    ----------
+    s : ndarray
+    value_range : (lo, hi), optional
+        The range mapped to [0, 1]: the map's own minimum and maximum by default; a fixed
+        one (e.g. a slide-level calibration) maps every tile alike, values outside it
+        falling outside [0, 1].
 
     Returns
     -------
     ndarray, same shape, float32
     """
     a = np.asarray(s, dtype=np.float32)
-    if a.size == 0:
-        return a.copy()
-    lo, hi = float(a.min()), float(a.max())
+    if value_range is not None:
+        lo, hi = float(value_range[0]), float(value_range[1])
+    else:
+        if a.size == 0:
+            return a.copy()
+        lo, hi = float(a.min()), float(a.max())
     if not np.isfinite(lo) or not np.isfinite(hi):
         raise InputError("response: contains NaN or infinite values")
     if hi - lo <= 0:
         return np.zeros_like(a)
-    return ((a - lo) * (1.0 / (hi - lo))).astype(np.float32)
+    return ((a - np.float32(lo)) * np.float32(1.0 / (hi - lo))).astype(np.float32)

@@ -30,6 +30,7 @@ import numpy as np
 
 from mcf_fast.errors import ConfigError, InputError
 from mcf_fast.io.tiling import associate
+from mcf_fast.ops.fusion import normalise_response
 from mcf_fast.ops.tissue import hematoxylin_od
 
 __all__ = [
@@ -279,7 +280,7 @@ class DetectorPredictor:
             return state
         nuc, bg = [], []
         for rgb, raw in zip(samples, raws, strict=True):
-            sn = ((raw - np.float32(lo)) * np.float32(1.0 / (hi - lo))).astype(np.float32)
+            sn = normalise_response(raw, value_range=(lo, hi))
             d = gdbp(sn, p=cfg.gdbp_p, q=cfg.gdbp_q)
             c, sc = find_centres(
                 sn,
@@ -361,7 +362,7 @@ class DetectorPredictor:
             centres, fg = np.asarray(res.centres, np.int64), np.asarray(res.pseudo_mask) == 1
         else:
             raw = self._raw(rgb)
-            sn = ((raw - np.float32(rr[0])) * np.float32(1.0 / (rr[1] - rr[0]))).astype(np.float32)
+            sn = normalise_response(raw, value_range=(rr[0], rr[1]))
             d = gdbp(sn, p=cfg.gdbp_p, q=cfg.gdbp_q)
             post = self._posterior(rgb) if self._uses_colour() else None
             centres, _, mask = postprocess(rgb, sn, d, cfg, window=det.window, posterior=post)

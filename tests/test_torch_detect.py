@@ -46,7 +46,7 @@ def test_parity_with_numba_path(setup, extra):
     det = Detector(tset, DetectionConfig(**{**SMALL, **extra}))
     feats = det._features(image)
     ref = det.fused_response(feats)
-    got = TorchCorrelator(det._filters, device="cpu").fused(feats, det)
+    got = TorchCorrelator(det._filters, device="cpu").fused(feats, det.fusion_layout)
     np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max())
 
 

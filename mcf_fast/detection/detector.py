@@ -38,6 +38,7 @@ from mcf_fast.ops.filters import (
     scale_sizes,
 )
 from mcf_fast.ops.fusion import (
+    FusionLayout,
     accumulate_crops,
     accumulate_scales_templates,
     normalise_response,
@@ -240,6 +241,7 @@ class Detector:
             filters = filters / np.float32(n_u)  # mean over crops = sum / U
         self._layout = layout
         self._gk = gk
+        self._fusion_layout: FusionLayout | None = None
         self.max_filter_size = int(filters.shape[-1])
         n_f, n_c = filters.shape[:2]
         rank = projection_rank(
@@ -339,29 +341,52 @@ class Detector:
                 )
             features = z @ self._projection
         if self.device != "cpu":
-            return self._engine.fused(features, self)
-        cfg = self.config
-        n_t, n_k, n_u = self._layout
-        fuse = {"top_t": cfg.top_t, "mode": cfg.fusion}
+            return self._engine.fused(features, self.fusion_layout)
+        lay = self.fusion_layout
+        n_t, n_k, n_u = lay.n_templates, lay.n_scales, lay.n_crops
+        fuse = {"top_t": lay.top_t, "mode": lay.mode}
         h, w = features.shape[:2]
         out = np.empty((h, w), dtype=np.float32)
         if self._folded:
             for offsets, r in iter_correlate_batches(features, self._engine):
-                accumulate_scales_templates(r, n_t, n_k, out, offsets, top_h=cfg.top_h, **fuse)
+                accumulate_scales_templates(r, n_t, n_k, out, offsets, top_h=lay.top_h, **fuse)
             return out
         # general path: crop fusion first, into full-size maps (N*K of them); with eq. (2)
         # read literally, G_k then acts on these maps, computed e pixels beyond the image
         # so that the result is exact
-        e = int(self._gk.max()) // 2
+        e = lay.margin
         sk = np.empty((n_t * n_k, h + 2 * e, w + 2 * e), dtype=np.float32)
         for offsets, r in iter_correlate_batches(features, self._engine, margin=e):
             accumulate_crops(r, n_u, sk, offsets, **fuse)
         if e:
-            weights = [[self.bank.g_weight(n, k) for k in range(n_k)] for n in range(n_t)]
-            sk = weight_scales(sk, weights, margin=e)
+            sk = weight_scales(sk, lay.scale_weights, margin=e)
         whole = np.array([[0, 0, h, w]], dtype=np.int64)
-        accumulate_scales_templates(sk[None], n_t, n_k, out, whole, top_h=cfg.top_h, **fuse)
+        accumulate_scales_templates(sk[None], n_t, n_k, out, whole, top_h=lay.top_h, **fuse)
         return out
+
+    @property
+    def fusion_layout(self) -> FusionLayout:
+        """How this detector's responses are fused (eqs. 2-3): for either engine."""
+        if self._fusion_layout is None:
+            cfg = self.config
+            n_t, n_k, n_u = self._layout
+            e = int(self._gk.max()) // 2 if self._gk.any() else 0
+            weights = None
+            if e:
+                weights = tuple(
+                    tuple(self.bank.g_weight(n, k) for k in range(n_k)) for n in range(n_t)
+                )
+            self._fusion_layout = FusionLayout(
+                n_templates=n_t,
+                n_scales=n_k,
+                n_crops=n_u,
+                top_t=cfg.top_t,
+                top_h=cfg.top_h,
+                mode=cfg.fusion,
+                margin=e,
+                scale_weights=weights,
+            )
+        return self._fusion_layout
 
     def with_templates(self, templates) -> Detector:
         """A new detector for ``templates``; filters of templates already here are reused.

@@ -10,6 +10,7 @@ templates, eq. (3).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.signal import fftconvolve
@@ -18,6 +19,7 @@ from mcf_fast.errors import InputError
 from mcf_fast.kernels.fusion import group_topk_kernel, scale_template_kernel
 
 __all__ = [
+    "FusionLayout",
     "accumulate_crops",
     "accumulate_scales_templates",
     "fuse_crops",
@@ -26,6 +28,27 @@ __all__ = [
     "normalise_response",
     "weight_scales",
 ]
+
+
+@dataclass(frozen=True, eq=False)
+class FusionLayout:
+    """What the fusion of eqs. (2)-(3) needs to know about a filter bank's responses.
+
+    Responses come as ``n_templates * n_scales * n_crops`` maps in C order (``n_crops`` is 1
+    when the crops are folded into the filters).  With eq. (2) read literally
+    (``g_level="both"``, not folded) each crop-fused map is correlated with its ``G_k``:
+    ``scale_weights[n][k]``, over a `margin` of ``max side // 2`` pixels the responses carry
+    beyond the image; otherwise `scale_weights` is None and `margin` 0.
+    """
+
+    n_templates: int
+    n_scales: int
+    n_crops: int
+    top_t: int
+    top_h: int
+    mode: str
+    margin: int = 0
+    scale_weights: tuple[tuple[np.ndarray, ...], ...] | None = None
 
 
 def _whole(h: int, w: int) -> np.ndarray:

@@ -177,14 +177,7 @@ class MCF:
             For a checkpoint of an unknown version.
         """
         from mcf_fast.io.templates import TemplateSet, restain_templates
-        from mcf_fast.segmentation.train import (
-            SyntheticSampler,
-            build_unet,
-            deterministic,
-            predict_proba,
-            self_targets,
-            train_unet,
-        )
+        from mcf_fast.segmentation.train import build_unet, deterministic
 
         if not isinstance(templates, TemplateSet):
             raise InputError(f"templates: expected a TemplateSet, got {type(templates).__name__}")
@@ -215,7 +208,6 @@ class MCF:
             while state["round"] < rounds and not state["done"]:
                 r = state["round"]
                 t0 = time.perf_counter()
-                base = seg.seed + 1009 * r
                 if detector is None:
                     detector = Detector(templates, cfg.detection, device=seg.device)
                 elif detector_set is not templates:  # reuse the filters already built
@@ -225,97 +217,18 @@ class MCF:
                 if not seg.use_network:  # "-seg.": nothing to train, the detector is the model
                     state["done"] = True
                 else:
-                    detections = [
-                        detector.detect(im)
-                        for im in tqdm(
-                            imgs,
-                            desc=f"round {r + 1}: detect",
-                            unit="image",
-                            disable=not progress,
-                            leave=False,
-                        )
-                    ]
-                    entry["detect_seconds"] = round(time.perf_counter() - t0, 3)
-                    entry["detected"] = int(sum(len(d.centres) for d in detections))
-                    pseudo = [np.asarray(d.pseudo_mask, np.int8) for d in detections]
-                    entry["pseudo_fractions"] = _pseudo_fractions(pseudo)
-                    if on_pseudo is not None:
-                        on_pseudo(r, list(names), pseudo)
-                    if seg.loss == "weighted":
-                        targets = [
-                            np.clip(np.asarray(d.response, np.float32), 0, 1) for d in detections
-                        ]
-                    else:
-                        targets = pseudo
-                    synthetic = None
-                    if seg.use_synthetic:
-                        synthetic = SyntheticSampler.from_pseudo_masks(
-                            imgs,
-                            pseudo,
-                            rng=np.random.default_rng(base + 2),
-                            grow=seg.synthetic_grow,
-                            scale=seg.synthetic_scale,
-                        )
-                    entry["synthetic"] = synthetic is not None
-                    start = net if (seg.warm_start and net is not None) else None
-                    t1 = time.perf_counter()
-                    losses: list[float] = []
-                    net = train_unet(
+                    net, new = self._round(
+                        r,
+                        detector,
                         imgs,
-                        targets,
-                        seg,
-                        net=start,
-                        synthetic=synthetic,
+                        names,
+                        templates,
+                        net,
+                        entry,
+                        t0=t0,
                         progress=progress,
-                        seed=base,
-                        log=losses,
-                        desc=f"round {r + 1}: train",
+                        on_pseudo=on_pseudo,
                     )
-                    entry["seg_loss"] = _round_summary(losses)
-                    entry["seg_losses"] = losses
-                    entry["train_seconds"] = round(time.perf_counter() - t1, 3)
-                    predict = {"device": seg.device, "tile": seg.tile}
-                    if seg.use_self_finetune and seg.self_steps > 0:
-                        probs = [
-                            predict_proba(net, im, **predict)
-                            for im in tqdm(
-                                imgs,
-                                desc=f"round {r + 1}: predict",
-                                unit="image",
-                                disable=not progress,
-                                leave=False,
-                            )
-                        ]
-                        self_t = [self_targets(p, t2=seg.t2, t3=seg.t3) for p in probs]
-                        losses = []
-                        # eq. (6) ignores the uncertain pixels (no unknown_weight here)
-                        self_cfg = dataclasses.replace(seg, lr=seg.lr * seg.self_lr_scale)
-                        net = train_unet(
-                            imgs,
-                            self_t,
-                            self_cfg,
-                            net=net,
-                            steps=seg.self_steps,
-                            loss="confidence",
-                            progress=progress,
-                            seed=base + 1,
-                            log=losses,
-                            desc=f"round {r + 1}: self-finetune",
-                            unknown_weight=0.0,
-                        )
-                        entry["self_loss"] = _round_summary(losses)
-                        entry["self_losses"] = losses
-                    probs = [
-                        predict_proba(net, im, **predict)
-                        for im in tqdm(
-                            imgs,
-                            desc=f"round {r + 1}: residual",
-                            unit="image",
-                            disable=not progress,
-                            leave=False,
-                        )
-                    ]
-                    new = residual_templates(probs, detections, imgs, names, templates, seg)
                     if new:
                         templates = templates.add(new)
                         entry["added"] = [
@@ -343,3 +256,120 @@ class MCF:
         if net is not None:
             net.eval()
         return MCFModel(cfg, templates, detector, net, stain=stain, history=state["history"])
+
+    def _round(
+        self,
+        r: int,
+        detector: Any,
+        imgs: list[np.ndarray],
+        names: list[str],
+        templates: Any,
+        net: Any,
+        entry: dict[str, Any],
+        *,
+        t0: float,
+        progress: bool,
+        on_pseudo: Callable[[int, list[str], list[np.ndarray]], None] | None,
+    ) -> tuple[Any, list]:
+        """Round `r` with the network (sec. 2.3, steps 1-4): detect every image, train the
+        U-Net on the pseudo masks, self-finetune it, and find the templates the mask
+        residual adds.  Fills `entry`; returns the trained network and the new templates.
+        """
+        from mcf_fast.segmentation.train import (
+            SyntheticSampler,
+            predict_proba,
+            self_targets,
+            train_unet,
+        )
+
+        seg = self.config.segmentation
+        base = seg.seed + 1009 * r
+        detections = [
+            detector.detect(im)
+            for im in tqdm(
+                imgs,
+                desc=f"round {r + 1}: detect",
+                unit="image",
+                disable=not progress,
+                leave=False,
+            )
+        ]
+        entry["detect_seconds"] = round(time.perf_counter() - t0, 3)
+        entry["detected"] = int(sum(len(d.centres) for d in detections))
+        pseudo = [np.asarray(d.pseudo_mask, np.int8) for d in detections]
+        entry["pseudo_fractions"] = _pseudo_fractions(pseudo)
+        if on_pseudo is not None:
+            on_pseudo(r, list(names), pseudo)
+        if seg.loss == "weighted":
+            targets = [np.clip(np.asarray(d.response, np.float32), 0, 1) for d in detections]
+        else:
+            targets = pseudo
+        synthetic = None
+        if seg.use_synthetic:
+            synthetic = SyntheticSampler.from_pseudo_masks(
+                imgs,
+                pseudo,
+                rng=np.random.default_rng(base + 2),
+                grow=seg.synthetic_grow,
+                scale=seg.synthetic_scale,
+            )
+        entry["synthetic"] = synthetic is not None
+        start = net if (seg.warm_start and net is not None) else None
+        t1 = time.perf_counter()
+        losses: list[float] = []
+        net = train_unet(
+            imgs,
+            targets,
+            seg,
+            net=start,
+            synthetic=synthetic,
+            progress=progress,
+            seed=base,
+            log=losses,
+            desc=f"round {r + 1}: train",
+        )
+        entry["seg_loss"] = _round_summary(losses)
+        entry["seg_losses"] = losses
+        entry["train_seconds"] = round(time.perf_counter() - t1, 3)
+        predict = {"device": seg.device, "tile": seg.tile}
+        if seg.use_self_finetune and seg.self_steps > 0:
+            probs = [
+                predict_proba(net, im, **predict)
+                for im in tqdm(
+                    imgs,
+                    desc=f"round {r + 1}: predict",
+                    unit="image",
+                    disable=not progress,
+                    leave=False,
+                )
+            ]
+            self_t = [self_targets(p, t2=seg.t2, t3=seg.t3) for p in probs]
+            losses = []
+            # eq. (6) ignores the uncertain pixels (no unknown_weight here)
+            self_cfg = dataclasses.replace(seg, lr=seg.lr * seg.self_lr_scale)
+            net = train_unet(
+                imgs,
+                self_t,
+                self_cfg,
+                net=net,
+                steps=seg.self_steps,
+                loss="confidence",
+                progress=progress,
+                seed=base + 1,
+                log=losses,
+                desc=f"round {r + 1}: self-finetune",
+                unknown_weight=0.0,
+            )
+            entry["self_loss"] = _round_summary(losses)
+            entry["self_losses"] = losses
+        probs = [
+            predict_proba(net, im, **predict)
+            for im in tqdm(
+                imgs,
+                desc=f"round {r + 1}: residual",
+                unit="image",
+                disable=not progress,
+                leave=False,
+            )
+        ]
+        return net, residual_templates(probs, detections, imgs, names, templates, seg)

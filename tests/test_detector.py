@@ -150,10 +150,10 @@ def test_bank_save_load_and_with_templates(detector, templates, image, tmp_path)
 # ---------------------------------------------------------------- centres and pseudo masks
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from naive import local_maxima  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
 from mcf_fast.ops.pseudo import find_centres, gate_centres, pseudo_mask  # noqa: E402
-from tests.naive_detect import local_maxima  # noqa: E402
 
 
 @settings(max_examples=20, deadline=None)

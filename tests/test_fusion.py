@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from naive import fuse as naive_fuse
+from naive import topk_sum
 
 from mcf_fast.errors import InputError
 from mcf_fast.ops.fusion import (
@@ -16,8 +18,6 @@ from mcf_fast.ops.fusion import (
     fuse_scales_templates,
     normalise_response,
 )
-from tests.naive_detect import fuse as naive_fuse
-from tests.naive_detect import topk_sum
 
 
 @pytest.mark.parametrize("mode", ["topk", "mean"])

@@ -7,13 +7,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from naive import correlate as naive_correlate  # noqa: E402
+from naive import fuse as naive_fuse  # noqa: E402
+
 from mcf_fast.config import DetectionConfig  # noqa: E402
 from mcf_fast.detection.detector import Detector  # noqa: E402
 from mcf_fast.detection.torch_engine import TorchCorrelator, torch_fuse  # noqa: E402
 from mcf_fast.errors import InputError  # noqa: E402
 from mcf_fast.io.templates import TemplateSet  # noqa: E402
-from tests.naive_detect import correlate as naive_correlate  # noqa: E402
-from tests.naive_detect import fuse as naive_fuse  # noqa: E402
 from tests.test_detector import CENTRES, SMALL, synthetic  # noqa: E402
 
 

@@ -111,10 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from mcf_fast.config import DetectionConfig
+    from mcf_fast.detection.detector import Detector, postprocess
+    from mcf_fast.detection.selection import select_templates
     from mcf_fast.io.datasets import FolderDataset
-    from mcf_fast.io.templates import TemplateSet, select_templates
+    from mcf_fast.io.templates import TemplateSet
     from mcf_fast.metrics import score_arrays
-    from mcf_fast.pipeline.detector import Detector, postprocess
 
     overrides = dict(s.split("=", 1) for s in args.set)
     cfg = DetectionConfig(

@@ -11,7 +11,7 @@ Example (the model of an ``mcf evaluate`` run, or any ``mcf fit`` bundle)::
         --split train --cache /tmp/inst-cache \\
         --variant seeds=hmaxima,min_area=50 --variant seeds=distance,min_distance=8
 
-Each ``--variant`` is a comma-separated list of :func:`mcf_fast.pipeline.instances.
+Each ``--variant`` is a comma-separated list of :func:`mcf_fast.ops.instances.
 instance_labels` keyword arguments (``seeds``, ``min_distance``, ``h``, ``threshold``,
 ``min_area``); without any, a small default grid runs.  Prints one line per variant
 (Dice, IoU, F1@12, AJI, PQ and the instance count) and, with ``--json``, writes them.
@@ -65,7 +65,7 @@ def cached_maps(model, images: list[Path], cache: Path | None):
     from tqdm.auto import tqdm
 
     from mcf_fast.io.images import as_rgb_uint8, read_image
-    from mcf_fast.models.train import predict_proba
+    from mcf_fast.segmentation.train import predict_proba
 
     seg = model.config.segmentation
     for path in tqdm(images, desc="probability maps", unit="image"):
@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args(argv)
 
+    from mcf_fast.framework.model import MCFModel
     from mcf_fast.io.images import read_labels
     from mcf_fast.metrics import score_arrays
-    from mcf_fast.pipeline.instances import instance_labels
-    from mcf_fast.pipeline.mcf import MCFModel
+    from mcf_fast.ops.instances import instance_labels
 
     root = Path(args.data) / args.split
     images = sorted(p for p in (root / "images").iterdir() if not p.name.startswith("."))

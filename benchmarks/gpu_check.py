@@ -16,8 +16,8 @@ import time
 import numpy as np
 import torch
 
-from mcf_fast.models.train import predict_proba, train_unet
 from mcf_fast.presets import PRESETS
+from mcf_fast.segmentation.train import predict_proba, train_unet
 
 
 def _sync(dev: str) -> None:

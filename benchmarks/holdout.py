@@ -34,7 +34,7 @@ import numpy as np
 
 def holdout_split(names: list[str]) -> tuple[list[str], list[str]]:
     """(fitting, held-out) names: the protocol's deterministic split applied to a train split."""
-    from mcf_fast.pipeline.protocol import deterministic_split
+    from mcf_fast.evaluation.protocol import deterministic_split
 
     return deterministic_split(names)
 
@@ -50,9 +50,9 @@ def _override(config, assignments: list[str]):
 
 
 def main() -> None:
+    from mcf_fast.detection.selection import select_templates
+    from mcf_fast.framework.fit import MCF
     from mcf_fast.io.datasets import FolderDataset
-    from mcf_fast.io.templates import select_templates
-    from mcf_fast.pipeline.mcf import MCF
     from mcf_fast.presets import PRESETS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -172,7 +172,7 @@ def _reset_peak() -> None:
 def run_once(reader, model, out: Path, workers: int, tile: int) -> dict:
     from distributed import Client, LocalCluster
 
-    from mcf_fast.pipeline.slide import run_slide
+    from mcf_fast.slide.run import run_slide
 
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     with (
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         model = args.model
         if args.templates:
-            from mcf_fast.io.templates import select_templates
+            from mcf_fast.detection.selection import select_templates
 
             model = str(tmp / "templates.json")
             select_templates(mon / "train", n=args.templates, seed=0).save(model)

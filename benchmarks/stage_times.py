@@ -51,10 +51,10 @@ class _Timed:
 def detect_split(det, img) -> dict[str, float]:
     """One `detect` call with its stages timed (the same calls `detect` makes)."""
     import mcf_fast.ops.correlation as corr
+    from mcf_fast.detection.detector import postprocess
     from mcf_fast.kernels.fusion import scale_template_kernel
     from mcf_fast.ops.fusion import normalise_response
     from mcf_fast.ops.gdbp import gdbp
-    from mcf_fast.pipeline.detector import postprocess
 
     t: dict[str, float] = {}
     fft = det._engine._fft
@@ -102,12 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     from naive import skimage_hmaxima_markers
     from scipy import ndimage
 
-    import mcf_fast.pipeline.instances as inst
+    import mcf_fast.ops.instances as inst
     from mcf_fast.config import DetectionConfig
+    from mcf_fast.detection.detector import Detector
+    from mcf_fast.detection.selection import select_templates
+    from mcf_fast.evaluation.baselines import watershed_nuclei
     from mcf_fast.io.datasets import FolderDataset
-    from mcf_fast.io.templates import select_templates
-    from mcf_fast.pipeline.baselines import watershed_nuclei
-    from mcf_fast.pipeline.detector import Detector
 
     data = Path(args.data)
     tset = select_templates(data / "train", n=args.templates, seed=args.seed)

@@ -36,8 +36,8 @@ def tile(monuseg):
 
 @pytest.fixture(scope="module")
 def detector(monuseg, tile):
-    from mcf_fast.io.templates import select_templates
-    from mcf_fast.pipeline.detector import Detector
+    from mcf_fast.detection.detector import Detector
+    from mcf_fast.detection.selection import select_templates
 
     det = Detector(select_templates(monuseg / "train", n=10, seed=0), DetectionConfig())
     det.detect(tile)  # JIT, FFT plans, cached spectra and buffers

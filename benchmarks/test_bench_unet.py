@@ -1,6 +1,6 @@
 """U-Net inference on a 1000 x 1000 MoNuSeg tile (the ``quick`` preset's network).
 
-- ``tiled``: :func:`~mcf_fast.models.train.predict_proba` as the pipeline runs it (float32,
+- ``tiled``: :func:`~mcf_fast.segmentation.train.predict_proba` as the pipeline runs it (float32,
   ``torch.inference_mode``, 512-pixel tiles with a 64-pixel halo);
 - ``whole``: the same call with one tile covering the image;
 - ``flips``: tiled with test-time flips (4 passes);
@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from mcf_fast.io.images import read_image
-from mcf_fast.models.train import build_unet, predict_proba
 from mcf_fast.presets import PRESETS
+from mcf_fast.segmentation.train import build_unet, predict_proba
 
 _MEDIANS: dict[str, float] = {}
 GROUP = "U-Net inference, 1000x1000, quick preset network"

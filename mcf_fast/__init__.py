@@ -24,11 +24,13 @@ _LAZY = {
     "DetectionConfig": "mcf_fast.config",
     "SegmentationConfig": "mcf_fast.config",
     "MCFConfig": "mcf_fast.config",
+    "Template": "mcf_fast.io.templates",
     "TemplateSet": "mcf_fast.io.templates",
-    "Detector": "mcf_fast.pipeline.detector",
-    "Detection": "mcf_fast.pipeline.detector",
-    "MCF": "mcf_fast.pipeline.mcf",
-    "MCFModel": "mcf_fast.pipeline.mcf",
+    "Detector": "mcf_fast.detection.detector",
+    "Detection": "mcf_fast.detection.detector",
+    "MCF": "mcf_fast.framework.fit",
+    "MCFModel": "mcf_fast.framework.model",
+    "Prediction": "mcf_fast.framework.model",
     "read_image": "mcf_fast.io.images",
 }
 
@@ -47,3 +49,7 @@ def __getattr__(name: str):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'mcf_fast' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcf_fast._validate import is_device
 from mcf_fast.errors import ConfigError
 
 __all__ = ["DetectionConfig", "SegmentationConfig", "MCFConfig", "config_to_dict"]
@@ -296,7 +297,7 @@ class SegmentationConfig:
     #: "distance" (distance-transform maxima at least 8 px apart), "centres" (detected,
     #: plus one per unseeded component) or "shape" (h-maxima of the network's predicted
     #: distance map, height shape_h; needs target="distance"); see
-    #: mcf_fast.pipeline.instances for the comparison
+    #: mcf_fast.ops.instances for the comparison
     instance_seeds: str = "hmaxima"
     instance_h: float = 1.0
     #: what the network learns besides the nucleus mask (ours): "binary" (the mask alone,
@@ -347,7 +348,7 @@ class SegmentationConfig:
         for name in ("t2", "t3", "t4"):
             _unit(c, name, getattr(self, name))
         _check(
-            self.device == "cpu" or self.device.startswith("cuda"),
+            is_device(self.device),
             c,
             "device",
             self.device,

@@ -21,7 +21,7 @@
     masks left unknown; two ``quick`` fits scored Dice 0.645 / 0.592 at 0.5, 0.695 / 0.648
     at 0.3 and AJI 0.370 / 0.333 at 0.5, 0.394 / 0.369 at 0.3 (F1@12 flat);
   - instance labelling (h-maxima seeds, ``min_nucleus_area`` = 50), chosen on the 30 train
-    images (see :mod:`mcf_fast.pipeline.instances`);
+    images (see :mod:`mcf_fast.ops.instances`);
   - unknown pixels count as background with weight 0.1 in the confidence loss
     (``unknown_weight``), colour augmentation ``augment_colour=0.1``, no self-finetuning
     and no test-time flips.  These four come from an earlier comparison whose scoring

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mcf_fast.errors import ConfigError, InputError
-from mcf_fast.pipeline.baselines import (
+from mcf_fast.evaluation.baselines import (
     WatershedParams,
     _drop_small,
     hematoxylin,

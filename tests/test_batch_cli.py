@@ -12,11 +12,11 @@ import mcf_fast.io.images as images_mod
 import mcf_fast.io.outputs as outputs_mod
 from mcf_fast.cli import main
 from mcf_fast.config import MCFConfig
+from mcf_fast.detection.detector import Detector
+from mcf_fast.framework.model import MCFModel
 from mcf_fast.io.images import write_image
 from mcf_fast.io.outputs import lock_folder
 from mcf_fast.io.templates import TemplateSet
-from mcf_fast.pipeline.detector import Detector
-from mcf_fast.pipeline.mcf import MCFModel
 from tests.test_detector import CENTRES, synthetic
 
 DETECT_FILES = (".csv", "_response.png", "_pseudo.png", "_overlay.png")

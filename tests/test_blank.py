@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from mcf_fast.config import MCFConfig
+from mcf_fast.detection.detector import Detector
+from mcf_fast.framework.model import MCFModel
 from mcf_fast.io.templates import TemplateSet
-from mcf_fast.models.unet import UNet
 from mcf_fast.ops.tissue import is_blank
-from mcf_fast.pipeline.detector import Detector
-from mcf_fast.pipeline.mcf import MCFModel
+from mcf_fast.segmentation.unet import UNet
 from tests.test_detector import CENTRES, synthetic
 
 FLAT = {

@@ -16,29 +16,23 @@ from seg_fakes import (  # noqa: F401
     one_torch_thread,
 )
 
-import mcf_fast.pipeline.mcf as mcf_mod
 from mcf_fast.config import MCFConfig, SegmentationConfig
 from mcf_fast.errors import FormatError, InputError
-from mcf_fast.pipeline.bundle import BUNDLE_VERSION
-from mcf_fast.pipeline.mcf import MCF, MCFModel
+from mcf_fast.framework.fit import MCF
+from mcf_fast.framework.model import BUNDLE_VERSION, MCFModel
 
 SEG = SegmentationConfig(
     width=8, depth=2, crop_size=32, batch_size=4, steps=15, self_steps=0, lr=1e-2, max_rounds=1
 )
 
 
-@pytest.fixture(autouse=True)
-def colour_detector(monkeypatch):
-    monkeypatch.setattr(mcf_mod, "_detector_cls", lambda: ColourDetector)
-
-
 @pytest.fixture(scope="module")
 def model_and_image():
     img, _ = disk_image(64, 64, grid_centres(64, 64, 20, 12), 6, [PURPLE] * 9, seed=3)
     templates = make_templates(img, [(12, 12)])
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(mcf_mod, "_detector_cls", lambda: ColourDetector)
-        model = MCF(MCFConfig(segmentation=SEG)).fit([img], templates, progress=False)
+    model = MCF(MCFConfig(segmentation=SEG), detector_cls=ColourDetector).fit(
+        [img], templates, progress=False
+    )
     return model, img
 
 
@@ -63,7 +57,7 @@ def test_saved_and_loaded_bundle_predicts_identically(model_and_image, tmp_path)
     assert {"model.json", "templates.json", "filter_bank.npz", "unet.pt"} <= names
     assert doc["format"] == "mcf_fast.model" and doc["format_version"] == BUNDLE_VERSION
     assert doc["network"]["width"] == 8
-    loaded = MCFModel.load(path)
+    loaded = MCFModel.load(path, detector_cls=ColourDetector)
     assert loaded.config == model.config
     assert len(loaded.templates) == len(model.templates)
     assert loaded.history == json.loads(json.dumps(model.history))
@@ -90,7 +84,7 @@ def test_bundle_records_stain_state(model_and_image, tmp_path, monkeypatch):
     import mcf_fast.ops.stain as stain_mod
 
     monkeypatch.setattr(stain_mod, "normalizer_from_dict", lambda d: _Stain(d["shift"]))
-    loaded = MCFModel.load(path)
+    loaded = MCFModel.load(path, detector_cls=ColourDetector)
     assert loaded.stain.shift == 7
     assert np.array_equal(loaded.predict(img).labels, stained.predict(img).labels)
 
@@ -98,7 +92,7 @@ def test_bundle_records_stain_state(model_and_image, tmp_path, monkeypatch):
 def test_model_without_network_round_trips(model_and_image, tmp_path):
     model, img = model_and_image
     bare = MCFModel(model.config, model.templates, model.detector, None)
-    loaded = MCFModel.load(bare.save(tmp_path / "bare.mcf"))
+    loaded = MCFModel.load(bare.save(tmp_path / "bare.mcf"), detector_cls=ColourDetector)
     assert loaded.net is None
     assert np.array_equal(loaded.predict(img).labels, bare.predict(img).labels)
 
@@ -145,9 +139,8 @@ def test_not_a_bundle(tmp_path):
 @pytest.mark.data
 def test_real_detector_fit_and_bundle(monuseg, tmp_path, monkeypatch):
     """The loop and the bundle with the real filter-bank detector on MoNuSeg crops."""
-    monkeypatch.undo()  # the real detector, not the stand-in
+    from mcf_fast.detection.selection import select_templates
     from mcf_fast.io.datasets import FolderDataset
-    from mcf_fast.io.templates import select_templates
 
     train = FolderDataset(monuseg / "train")
     templates = select_templates(train, n=4, seed=0)

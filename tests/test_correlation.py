@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from naive import correlate as naive_correlate
 
 from mcf_fast.errors import InputError
 from mcf_fast.ops.correlation import SpectralBank, correlate_bank, iter_correlate, plan_blocks
-from tests.naive_detect import correlate as naive_correlate
 
 
 def _data(rng, h, w, c, f, n):

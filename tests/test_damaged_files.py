@@ -10,14 +10,14 @@ import pytest
 
 from mcf_fast.cli import main
 from mcf_fast.config import MCFConfig
+from mcf_fast.detection.detector import Detector
 from mcf_fast.errors import FormatError
+from mcf_fast.framework.model import MCFModel
 from mcf_fast.io.geojson import read_geojson_points
 from mcf_fast.io.images import write_image
 from mcf_fast.io.templates import TemplateSet
-from mcf_fast.models.unet import UNet
 from mcf_fast.ops.filters import FilterBank
-from mcf_fast.pipeline.detector import Detector
-from mcf_fast.pipeline.mcf import MCFModel
+from mcf_fast.segmentation.unet import UNet
 from tests.test_detector import CENTRES, synthetic
 
 DEEP = "[" * 100_000 + "]" * 100_000

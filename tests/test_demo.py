@@ -10,8 +10,8 @@ import re
 import numpy as np
 
 from mcf_fast.cli import main
+from mcf_fast.framework.model import MCFModel
 from mcf_fast.io.images import read_labels
-from mcf_fast.pipeline.mcf import MCFModel
 
 
 def test_demo_runs_the_whole_job(tmp_path, capsys):

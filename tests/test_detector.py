@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from mcf_fast.config import DetectionConfig
+from mcf_fast.detection.detector import Detection, Detector
 from mcf_fast.errors import ConfigError, FormatError, InputError
 from mcf_fast.io.templates import TemplateSet
-from mcf_fast.pipeline.detector import Detection, Detector
 
 CENTRES = [(14, 15), (15, 46), (40, 26), (44, 60), (66, 14), (70, 44), (20, 75), (72, 78)]
 
@@ -150,10 +150,10 @@ def test_bank_save_load_and_with_templates(detector, templates, image, tmp_path)
 # ---------------------------------------------------------------- centres and pseudo masks
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from naive import local_maxima  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
 from mcf_fast.ops.pseudo import find_centres, gate_centres, pseudo_mask  # noqa: E402
-from tests.naive_detect import local_maxima  # noqa: E402
 
 
 @settings(max_examples=20, deadline=None)

@@ -13,16 +13,18 @@ from test_baselines import synthetic_he
 from mcf_fast.cli import main
 from mcf_fast.config import MCFConfig, SegmentationConfig
 from mcf_fast.errors import ConfigError, DataError
+from mcf_fast.evaluation.baselines import WatershedParams
+from mcf_fast.evaluation.harness import run_evaluation
+from mcf_fast.evaluation.paper import PAPER
+from mcf_fast.evaluation.report import results_markdown
 from mcf_fast.io.images import write_image
 from mcf_fast.metrics import METRIC_KEYS, score_folder
-from mcf_fast.pipeline.baselines import WatershedParams
-from mcf_fast.pipeline.evaluate import PAPER, results_markdown, run_evaluation
 
-HAVE_MCF = importlib.util.find_spec("mcf_fast.pipeline.mcf") is not None
-HAVE_DETECTOR = importlib.util.find_spec("mcf_fast.pipeline.detector") is not None
-needs_mcf = pytest.mark.skipif(not HAVE_MCF, reason="mcf_fast.pipeline.mcf not available")
+HAVE_MCF = importlib.util.find_spec("mcf_fast.framework.fit") is not None
+HAVE_DETECTOR = importlib.util.find_spec("mcf_fast.detection.detector") is not None
+needs_mcf = pytest.mark.skipif(not HAVE_MCF, reason="mcf_fast.framework.fit not available")
 needs_detector = pytest.mark.skipif(
-    not HAVE_DETECTOR, reason="mcf_fast.pipeline.detector not available"
+    not HAVE_DETECTOR, reason="mcf_fast.detection.detector not available"
 )
 
 
@@ -274,8 +276,8 @@ class _FakeModel:
     def predict(self, image, detect=None):
         from types import SimpleNamespace
 
+        from mcf_fast.evaluation.baselines import watershed_nuclei
         from mcf_fast.metrics import instance_centres
-        from mcf_fast.pipeline.baselines import watershed_nuclei
 
         labels = watershed_nuclei(image)
         c = instance_centres(labels)
@@ -291,8 +293,8 @@ class _FakeDetector:
     def detect(self, image):
         from types import SimpleNamespace
 
+        from mcf_fast.evaluation.baselines import watershed_nuclei
         from mcf_fast.metrics import instance_centres
-        from mcf_fast.pipeline.baselines import watershed_nuclei
 
         labels = watershed_nuclei(image)
         return SimpleNamespace(
@@ -304,18 +306,15 @@ def test_ablation_and_sweep_plumbing(dataset, tmp_path, monkeypatch):
     """Each Table 3 switch reaches the config it names; the sweep selects n templates."""
     import types
 
-    import mcf_fast.pipeline.evaluate as ev
-
     fits = []
 
     def fake_fit(ctx, config, templates, stain, normalizer, folder):
         fits.append((config, len(templates)))
         return _FakeModel(config, templates)
 
-    monkeypatch.setattr(ev, "_fit_mcf", fake_fit)
-    fake_module = types.ModuleType("mcf_fast.pipeline.detector")
+    fake_module = types.ModuleType("mcf_fast.detection.detector")
     fake_module.Detector = _FakeDetector
-    monkeypatch.setitem(__import__("sys").modules, "mcf_fast.pipeline.detector", fake_module)
+    monkeypatch.setitem(__import__("sys").modules, "mcf_fast.detection.detector", fake_module)
     _FakeDetector.configs = []
     report = run_evaluation(
         dataset,
@@ -326,6 +325,7 @@ def test_ablation_and_sweep_plumbing(dataset, tmp_path, monkeypatch):
         templates_sweep="1,2",
         config=TINY,
         progress=False,
+        fit=fake_fit,
     )
     variants = [(r["section"], r["variant"]) for r in report["runs"]]
     assert variants == [
@@ -376,18 +376,15 @@ def test_switches_already_off_and_the_main_template_count_are_not_refitted(
     import dataclasses
     import types
 
-    import mcf_fast.pipeline.evaluate as ev
-
     fits = []
 
     def fake_fit(ctx, config, templates, stain, normalizer, folder):
         fits.append((config, len(templates), folder))
         return _FakeModel(config, templates)
 
-    monkeypatch.setattr(ev, "_fit_mcf", fake_fit)
-    fake_module = types.ModuleType("mcf_fast.pipeline.detector")
+    fake_module = types.ModuleType("mcf_fast.detection.detector")
     fake_module.Detector = _FakeDetector
-    monkeypatch.setitem(__import__("sys").modules, "mcf_fast.pipeline.detector", fake_module)
+    monkeypatch.setitem(__import__("sys").modules, "mcf_fast.detection.detector", fake_module)
     no_self = dataclasses.replace(
         TINY, segmentation=dataclasses.replace(TINY.segmentation, use_self_finetune=False)
     )
@@ -400,6 +397,7 @@ def test_switches_already_off_and_the_main_template_count_are_not_refitted(
         templates_sweep="1,2",
         config=no_self,
         progress=False,
+        fit=fake_fit,
     )
     # main, -seg., -syn., CE, +weig., n=1: "-self." and n=2 are the main fit
     assert [f for _, _, f in fits] == [

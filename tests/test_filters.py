@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.fft as sfft
+from naive import correlate as naive_correlate
+from naive import correlate2d_zero
 
 from mcf_fast.config import DetectionConfig
 from mcf_fast.errors import FormatError, InputError
@@ -22,8 +24,6 @@ from mcf_fast.ops.filters import (
     train_filter,
     zero_sum_gaussian,
 )
-from tests.naive_detect import correlate as naive_correlate
-from tests.naive_detect import correlate2d_zero
 
 
 def _feat(img: np.ndarray) -> np.ndarray:

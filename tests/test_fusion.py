@@ -6,16 +6,18 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from naive import fuse as naive_fuse
+from naive import topk_sum
 
 from mcf_fast.errors import InputError
 from mcf_fast.ops.fusion import (
+    accumulate_crops,
+    accumulate_scales_templates,
     fuse_crops,
     fuse_responses,
     fuse_scales_templates,
     normalise_response,
 )
-from tests.naive_detect import fuse as naive_fuse
-from tests.naive_detect import topk_sum
 
 
 @pytest.mark.parametrize("mode", ["topk", "mean"])
@@ -98,3 +100,23 @@ def test_bad_input(rng):
     r[0, 0, 0, 0, 0] = np.inf
     with pytest.raises(InputError, match="NaN or infinite"):
         fuse_responses(r)
+
+
+@pytest.mark.parametrize("mode", ["topk", "mean"])
+def test_the_detectors_streaming_fusion_matches_loops(rng, mode):
+    """The tiled form Detector.fused_response runs: two tiles of one map, then the rest."""
+    n, k, u, h, w = 3, 2, 3, 6, 9
+    r = rng.standard_normal((n, k, u, h, w)).astype(np.float32)
+    offsets = np.array([[0, 0, h, 5], [0, 5, h, w - 5]], np.int64)  # (y0, x0, h, w)
+    tiles = [r[..., :5], np.pad(r[..., 5:], [(0, 0)] * 4 + [(0, 1)])]  # same tile shape
+    crops = np.empty((n * k, h, w), np.float32)
+    batch = np.ascontiguousarray(np.stack([t.reshape(n * k * u, h, 5) for t in tiles]))
+    accumulate_crops(batch, u, crops, offsets, top_t=2, mode=mode)
+    fused = np.empty((h, w), np.float32)
+    sk = np.ascontiguousarray(
+        np.stack([crops[..., :5], np.pad(crops[..., 5:], [(0, 0), (0, 0), (0, 1)])])
+    )
+    accumulate_scales_templates(sk, n, k, fused, offsets, top_t=2, top_h=2, mode=mode)
+    np.testing.assert_allclose(
+        fused, naive_fuse(r, top_t=2, top_h=2, mode=mode), rtol=1e-5, atol=1e-5
+    )

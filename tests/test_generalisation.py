@@ -11,13 +11,13 @@ from test_baselines import E_OD, H_OD, synthetic_he
 
 from mcf_fast.config import DetectionConfig, MCFConfig, SegmentationConfig
 from mcf_fast.errors import ConfigError, DataError
+from mcf_fast.evaluation.baselines import watershed_params_from_templates
+from mcf_fast.evaluation.protocol import deterministic_split, find_datasets, run_protocol
+from mcf_fast.evaluation.quality import pseudo_label_quality
 from mcf_fast.io.images import write_image
-from mcf_fast.metrics import pseudo_label_quality
-from mcf_fast.models.train import jitter_stain
 from mcf_fast.ops.pseudo import pseudo_mask, tissue_background
 from mcf_fast.ops.tissue import white_space
-from mcf_fast.pipeline.baselines import watershed_params_from_templates
-from mcf_fast.pipeline.protocol import deterministic_split, find_datasets, run_protocol
+from mcf_fast.segmentation.train import jitter_stain
 
 DARK = [(30, 50), (30, 80), (30, 105), (60, 60), (95, 50)]
 PALE = (85, 95)
@@ -228,8 +228,8 @@ def test_protocol_errors(two_datasets, tmp_path):
 
 
 def test_predict_runs_the_detector_only_when_asked(two_datasets):
-    from mcf_fast.io.templates import select_templates
-    from mcf_fast.pipeline.mcf import MCF
+    from mcf_fast.detection.selection import select_templates
+    from mcf_fast.framework.fit import MCF
 
     train = find_datasets(two_datasets)["alpha"][0]
     templates = select_templates(train, n=3, seed=0)

@@ -12,7 +12,7 @@ from skimage.morphology import reconstruction
 from skimage.segmentation import watershed
 
 from mcf_fast.kernels.instances import reconstruct_dilation_kernel
-from mcf_fast.pipeline.instances import _relabel, fill_holes, hmaxima_markers, instance_labels
+from mcf_fast.ops.instances import _relabel, fill_holes, hmaxima_markers, instance_labels
 
 
 def reference_labels(probability, *, threshold=0.5, min_area=30, h=1.0):

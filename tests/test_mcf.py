@@ -18,11 +18,12 @@ from seg_fakes import (  # noqa: F401
     one_torch_thread,
 )
 
-import mcf_fast.pipeline.mcf as mcf_mod
 from mcf_fast.config import MCFConfig, SegmentationConfig
 from mcf_fast.errors import DataError, InputError
-from mcf_fast.pipeline.instances import instance_labels, nucleus_table
-from mcf_fast.pipeline.mcf import MCF, MCFModel, mask_residual, missed_nuclei
+from mcf_fast.framework.fit import MCF
+from mcf_fast.framework.model import MCFModel
+from mcf_fast.framework.residual import mask_residual, missed_nuclei
+from mcf_fast.ops.instances import instance_labels, nucleus_table
 
 SEG = SegmentationConfig(
     width=8,
@@ -38,11 +39,6 @@ SEG = SegmentationConfig(
 )
 CONFIG = MCFConfig(segmentation=SEG)
 PLANTED = (36, 36)
-
-
-@pytest.fixture(autouse=True)
-def colour_detector(monkeypatch):
-    monkeypatch.setattr(mcf_mod, "_detector_cls", lambda: ColourDetector)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +58,7 @@ def test_planted_nucleus_found_by_residual_becomes_template(scene):
     img, lab, templates = scene
     first = ColourDetector(templates).detect(img)
     assert not np.any(np.all(np.abs(first.centres - PLANTED) <= 2, axis=1))  # missed at first
-    model = MCF(CONFIG).fit([img], templates, progress=False)
+    model = MCF(CONFIG, detector_cls=ColourDetector).fit([img], templates, progress=False)
     assert isinstance(model, MCFModel)
     added = model.history[0]["added"]
     assert len(added) == 1
@@ -83,18 +79,20 @@ def test_planted_nucleus_found_by_residual_becomes_template(scene):
 
 def test_resume_after_interruption_ends_like_uninterrupted(scene, tmp_path):
     img, _, templates = scene
-    full = MCF(CONFIG).fit([img], templates, progress=False, checkpoint_dir=tmp_path / "a")
+    full = MCF(CONFIG, detector_cls=ColourDetector).fit(
+        [img], templates, progress=False, checkpoint_dir=tmp_path / "a"
+    )
 
     def stop(r, entry):
         if r == 0:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        MCF(CONFIG).fit(
+        MCF(CONFIG, detector_cls=ColourDetector).fit(
             [img], templates, progress=False, checkpoint_dir=tmp_path / "b", on_round=stop
         )
     assert (tmp_path / "b" / "state.json").is_file()
-    resumed = MCF(CONFIG).fit(
+    resumed = MCF(CONFIG, detector_cls=ColourDetector).fit(
         [img], templates, progress=False, checkpoint_dir=tmp_path / "b", resume=True
     )
     assert len(resumed.history) == len(full.history) == 2
@@ -108,7 +106,9 @@ def test_resume_after_interruption_ends_like_uninterrupted(scene, tmp_path):
     # a checkpoint of another job is refused
     other = dataclasses.replace(CONFIG, segmentation=dataclasses.replace(SEG, seed=5))
     with pytest.raises(InputError, match="other images, templates or settings"):
-        MCF(other).fit([img], templates, progress=False, checkpoint_dir=tmp_path / "b", resume=True)
+        MCF(other, detector_cls=ColourDetector).fit(
+            [img], templates, progress=False, checkpoint_dir=tmp_path / "b", resume=True
+        )
     # prediction-time settings do not invalidate it: resuming re-predicts without training
     looser = dataclasses.replace(
         CONFIG,
@@ -117,7 +117,7 @@ def test_resume_after_interruption_ends_like_uninterrupted(scene, tmp_path):
         ),
     )
     seen = []
-    again = MCF(looser).fit(
+    again = MCF(looser, detector_cls=ColourDetector).fit(
         [img],
         templates,
         progress=False,
@@ -133,7 +133,7 @@ def test_resume_after_interruption_ends_like_uninterrupted(scene, tmp_path):
 def test_no_network_ablation_predicts_from_pseudo_mask(scene):
     img, lab, templates = scene
     cfg = dataclasses.replace(CONFIG, segmentation=dataclasses.replace(SEG, use_network=False))
-    model = MCF(cfg).fit([img], templates, progress=False)
+    model = MCF(cfg, detector_cls=ColourDetector).fit([img], templates, progress=False)
     assert model.net is None and len(model.history) == 1
     pred = model.predict(img)
     core = ColourDetector(templates).detect(img).pseudo_mask == 1
@@ -156,7 +156,9 @@ def test_stain_normaliser_applies_to_images_and_templates(scene):
     cfg = dataclasses.replace(
         CONFIG, segmentation=dataclasses.replace(SEG, steps=2, self_steps=0, max_rounds=1)
     )
-    model = MCF(cfg).fit([img], templates, stain=_Shift(), progress=False)
+    model = MCF(cfg, detector_cls=ColourDetector).fit(
+        [img], templates, stain=_Shift(), progress=False
+    )
     assert model.stain is not None
     t0 = model.templates[0]
     assert np.array_equal(t0.crop.astype(int), np.clip(templates[0].crop.astype(int) + 10, 0, 255))
@@ -165,11 +167,11 @@ def test_stain_normaliser_applies_to_images_and_templates(scene):
 def test_fit_rejects_bad_input(scene):
     img, _, templates = scene
     with pytest.raises(InputError, match="TemplateSet"):
-        MCF(CONFIG).fit([img], [1, 2])
+        MCF(CONFIG, detector_cls=ColourDetector).fit([img], [1, 2])
     with pytest.raises(InputError, match="single"):
-        MCF(CONFIG).fit(img, templates)
+        MCF(CONFIG, detector_cls=ColourDetector).fit(img, templates)
     with pytest.raises(InputError, match="names"):
-        MCF(CONFIG).fit([img], templates, names=["a", "b"])
+        MCF(CONFIG, detector_cls=ColourDetector).fit([img], templates, names=["a", "b"])
 
 
 # ------------------------------------------------------------------------ residual
@@ -330,9 +332,8 @@ def test_pseudo_masks_without_background_are_an_error(scene, monkeypatch):
             pm[pm == 0] = -1
             return dataclasses.replace(d, pseudo_mask=pm)
 
-    monkeypatch.setattr(mcf_mod, "_detector_cls", lambda: NoBackground)
     with pytest.raises(DataError, match="no confident background"):
-        MCF(CONFIG).fit([img], templates, progress=False)
+        MCF(CONFIG, detector_cls=NoBackground).fit([img], templates, progress=False)
 
 
 def test_history_records_pseudo_fractions(scene):
@@ -340,7 +341,7 @@ def test_history_records_pseudo_fractions(scene):
     cfg = dataclasses.replace(
         CONFIG, segmentation=dataclasses.replace(SEG, steps=2, self_steps=0, max_rounds=1)
     )
-    model = MCF(cfg).fit([img], templates, progress=False)
+    model = MCF(cfg, detector_cls=ColourDetector).fit([img], templates, progress=False)
     frac = model.history[0]["pseudo_fractions"]
     pm = ColourDetector(templates).detect(img).pseudo_mask
     assert frac["nucleus"] == pytest.approx(np.mean(pm == 1), abs=1e-5)
@@ -357,8 +358,7 @@ def test_a_nucleus_is_not_added_twice(scene, monkeypatch):
             super().__init__(ts, config, device=device)
             self.colours = self.colours[:2]
 
-    monkeypatch.setattr(mcf_mod, "_detector_cls", lambda: Stubborn)
-    model = MCF(CONFIG).fit([img], templates, progress=False)
+    model = MCF(CONFIG, detector_cls=Stubborn).fit([img], templates, progress=False)
     assert len(model.history[0]["added"]) == 1
     assert model.history[1]["added"] == [] and len(model.history) == 2
     assert len(model.templates) == 3

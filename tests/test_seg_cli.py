@@ -17,13 +17,13 @@ from seg_fakes import (  # noqa: F401
     one_torch_thread,
 )
 
-import mcf_fast.pipeline.mcf as mcf_mod
+import mcf_fast.framework.fit as mcf_mod
 from mcf_fast import presets
-from mcf_fast.cli import main
+from mcf_fast.cli import main as mcf_main
 from mcf_fast.config import MCFConfig, SegmentationConfig
+from mcf_fast.framework.model import MCFModel
 from mcf_fast.io.export import CSV_COLUMNS
 from mcf_fast.io.images import read_image, read_labels, write_image
-from mcf_fast.pipeline.mcf import MCFModel
 
 TINY = MCFConfig(
     segmentation=SegmentationConfig(
@@ -40,9 +40,17 @@ TINY = MCFConfig(
 )
 
 
+def main(argv):
+    """The CLI with the colour stand-in as its detector."""
+    return mcf_main(argv, obj={"detector_cls": ColourDetector})
+
+
+def _load(path):
+    return MCFModel.load(path, detector_cls=ColourDetector)
+
+
 @pytest.fixture(autouse=True)
 def tiny_preset(monkeypatch):
-    monkeypatch.setattr(mcf_mod, "_detector_cls", lambda: ColourDetector)
     monkeypatch.setitem(presets.PRESETS, "quick", TINY)
 
 
@@ -85,10 +93,10 @@ def test_fit_then_predict_writes_outputs(data, capsys):
         ]
     )
     assert rc == 0, capsys.readouterr().err
-    from mcf_fast.pipeline.bundle import bundle_mpp
+    from mcf_fast.framework.model import bundle_mpp
 
     assert bundle_mpp(model_path) == 0.5  # recorded in model.json and templates.json
-    model = MCFModel.load(model_path)
+    model = _load(model_path)
     assert model.templates.meta["mpp"] == 0.5
     assert model.config.segmentation.seed == 1
     assert len(model.templates) == 3  # the blue nucleus of tile0 was added
@@ -171,7 +179,7 @@ def test_resume_after_interruption_ends_like_uninterrupted(data, monkeypatch, ca
     assert not (root / "resumed.mcf").exists() and calls == [1]
     monkeypatch.setattr(mcf_mod, "_save_checkpoint", real_save)
     assert main(["fit", *args, "--out", str(root / "resumed.mcf"), "--resume"]) == 0
-    full, resumed = MCFModel.load(root / "full.mcf"), MCFModel.load(root / "resumed.mcf")
+    full, resumed = _load(root / "full.mcf"), _load(root / "resumed.mcf")
     assert len(full.history) == len(resumed.history) == 2
     assert [h["added"] for h in full.history] == [h["added"] for h in resumed.history]
     img = read_image(root / "train" / "images" / "tile0.png")

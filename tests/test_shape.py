@@ -16,13 +16,13 @@ from seg_fakes import (  # noqa: F401
     one_torch_thread,
 )
 
-import mcf_fast.pipeline.mcf as mcf_mod
 from mcf_fast.config import MCFConfig, SegmentationConfig
 from mcf_fast.errors import ConfigError, InputError
-from mcf_fast.models.train import build_unet, predict_maps, predict_proba, train_unet
+from mcf_fast.framework.fit import MCF
+from mcf_fast.framework.model import MCFModel
+from mcf_fast.ops.instances import instance_labels, label_options, pseudo_instances
 from mcf_fast.ops.shape import distance_target
-from mcf_fast.pipeline.instances import instance_labels, label_options, pseudo_instances
-from mcf_fast.pipeline.mcf import MCF, MCFModel
+from mcf_fast.segmentation.train import build_unet, predict_maps, predict_proba, train_unet
 
 
 def _disc(shape, centre, radius):
@@ -182,19 +182,20 @@ def test_distance_targets_need_a_distance_channel():
         train_unet([img], [mask], SEG, distances=[np.zeros((32, 31))], steps=1)
 
 
-def test_fit_with_the_distance_target_predicts_and_reloads(monkeypatch, tmp_path):
-    monkeypatch.setattr(mcf_mod, "_detector_cls", lambda: ColourDetector)
+def test_fit_with_the_distance_target_predicts_and_reloads(tmp_path):
     centres = grid_centres(96, 96, 24, 12)
     img, lab = disk_image(96, 96, centres, 7, [PURPLE] * len(centres), seed=2)
     templates = make_templates(img, [(12, 12), (36, 60)])
-    model = MCF(MCFConfig(segmentation=SEG)).fit([img], templates, progress=False)
+    model = MCF(MCFConfig(segmentation=SEG), detector_cls=ColourDetector).fit(
+        [img], templates, progress=False
+    )
     assert model.net.hparams["n_classes"] == 3
     pred = model.predict(img)
     assert pred.labels.max() == len(centres)
     inter = np.sum(pred.mask & (lab > 0))
     assert 2 * inter / (pred.mask.sum() + (lab > 0).sum()) > 0.8
     path = model.save(tmp_path / "m.mcf")
-    again = MCFModel.load(path)
+    again = MCFModel.load(path, detector_cls=ColourDetector)
     assert again.net.hparams["n_classes"] == 3
     np.testing.assert_array_equal(again.predict(img).labels, pred.labels)
     assert torch.equal(

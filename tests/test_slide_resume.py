@@ -13,7 +13,8 @@ from mcf_fast.errors import ConfigError, InputError
 from mcf_fast.io.images import write_image
 from mcf_fast.io.outputs import lock_folder
 from mcf_fast.io.templates import TemplateSet
-from mcf_fast.pipeline.slide import BlobPredictor, run_slide
+from mcf_fast.slide.predictors import BlobPredictor
+from mcf_fast.slide.run import run_slide
 
 TILE = 128
 

@@ -21,7 +21,9 @@ from mcf_fast.cli import main
 from mcf_fast.errors import ConfigError
 from mcf_fast.io.export import CSV_COLUMNS
 from mcf_fast.io.tiling import tile_grid
-from mcf_fast.pipeline.slide import BlobPredictor, predict_tiled, run_slide
+from mcf_fast.slide.predictors import BlobPredictor
+from mcf_fast.slide.run import run_slide
+from mcf_fast.slide.worker import predict_tiled
 
 TILE = 256
 
@@ -397,7 +399,7 @@ def test_cli_slide_refuses_a_template_set_without_detector_only(slide_path, tmp_
 
 def test_load_predictor_picks_the_adapter(tmp_path):
     from mcf_fast.errors import FormatError, InputError
-    from mcf_fast.pipeline.slide import PredictorSpec, load_predictor
+    from mcf_fast.slide.predictors import PredictorSpec, load_predictor
 
     assert isinstance(load_predictor("blob"), BlobPredictor)
     assert isinstance(PredictorSpec("blob", {"norm": 0.2}).build(), BlobPredictor)
@@ -417,7 +419,7 @@ def test_detector_adapter_travels_to_workers(monuseg, tmp_path):
 
     from test_tiling import _mosaic, _point_templates
 
-    from mcf_fast.pipeline.slide import DetectorPredictor, load_predictor
+    from mcf_fast.slide.predictors import DetectorPredictor, load_predictor
 
     path = tmp_path / "t.json"
     _point_templates(monuseg).save(path)
@@ -437,7 +439,7 @@ def test_model_adapter_pairs_labels_and_needs_a_path_for_workers():
     from types import SimpleNamespace
 
     from mcf_fast.errors import InputError
-    from mcf_fast.pipeline.slide import ModelPredictor
+    from mcf_fast.slide.predictors import ModelPredictor
 
     lab = np.zeros((20, 20), np.int32)
     lab[2:6, 2:6] = 1
@@ -513,10 +515,9 @@ def tiny_fit():
     import torch
     from seg_fakes import PURPLE, ColourDetector, disk_image, grid_centres, make_templates
 
-    import mcf_fast.pipeline.mcf as mcf_mod
     from mcf_fast.config import MCFConfig, SegmentationConfig
+    from mcf_fast.framework.fit import MCF
     from mcf_fast.ops.stain import StainNormalizer
-    from mcf_fast.pipeline.mcf import MCF
 
     centres = grid_centres(96, 96, 20, 10)
     img, _ = disk_image(96, 96, centres, 6, [PURPLE] * len(centres), seed=3)
@@ -535,11 +536,9 @@ def tiny_fit():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(mcf_mod, "_detector_cls", lambda: ColourDetector)
-            model = MCF(MCFConfig(segmentation=seg)).fit(
-                [img], make_templates(img, [(10, 10)]), stain=stain, progress=False
-            )
+        model = MCF(MCFConfig(segmentation=seg), detector_cls=ColourDetector).fit(
+            [img], make_templates(img, [(10, 10)]), stain=stain, progress=False
+        )
     finally:
         torch.set_num_threads(threads)
     return model.config, model.templates, model.net, stain, img
@@ -548,7 +547,7 @@ def tiny_fit():
 def _model(tiny_fit, detector=None, *, seeds="hmaxima", net=True):
     from dataclasses import replace as dc_replace
 
-    from mcf_fast.pipeline.mcf import MCFModel
+    from mcf_fast.framework.model import MCFModel
 
     config, templates, trained, stain, _ = tiny_fit
     config = dc_replace(config, segmentation=dc_replace(config.segmentation, instance_seeds=seeds))
@@ -564,9 +563,9 @@ def _tinted(img):
 
 
 def test_calibrated_model_with_hmaxima_seeds_never_runs_the_detector(tiny_fit):
-    from mcf_fast.models.train import predict_proba
-    from mcf_fast.pipeline.instances import instance_labels
-    from mcf_fast.pipeline.slide import ModelPredictor
+    from mcf_fast.ops.instances import instance_labels
+    from mcf_fast.segmentation.train import predict_proba
+    from mcf_fast.slide.predictors import ModelPredictor
 
     model = _model(tiny_fit)
     seg = model.config.segmentation
@@ -603,10 +602,10 @@ def test_calibrated_model_with_hmaxima_seeds_never_runs_the_detector(tiny_fit):
 
 def test_calibrated_model_with_centre_seeds_uses_the_calibrated_detector(tiny_fit):
     from mcf_fast.config import DetectionConfig
-    from mcf_fast.models.train import predict_proba
-    from mcf_fast.pipeline.detector import Detector
-    from mcf_fast.pipeline.instances import instance_labels
-    from mcf_fast.pipeline.slide import DetectorPredictor, ModelPredictor
+    from mcf_fast.detection.detector import Detector
+    from mcf_fast.ops.instances import instance_labels
+    from mcf_fast.segmentation.train import predict_proba
+    from mcf_fast.slide.predictors import DetectorPredictor, ModelPredictor
 
     templates, img = tiny_fit[1], _tinted(tiny_fit[4])
     det = Detector(
@@ -643,7 +642,7 @@ def test_calibrated_model_with_centre_seeds_uses_the_calibrated_detector(tiny_fi
 
 def test_model_calibration_errors(tiny_fit):
     from mcf_fast.errors import InputError
-    from mcf_fast.pipeline.slide import ModelPredictor
+    from mcf_fast.slide.predictors import ModelPredictor
 
     p = ModelPredictor(_model(tiny_fit), halo=40)
     with pytest.raises(InputError, match="samples"):
@@ -664,27 +663,24 @@ def test_model_calibration_errors(tiny_fit):
 
 
 @pytest.fixture
-def tiny_bundle(tiny_fit, tmp_path, monkeypatch):
-    """The tiny model saved as a bundle; loading it here gives a NoDetector."""
-    import mcf_fast.pipeline.mcf as mcf_mod
-
-    monkeypatch.setattr(mcf_mod, "_detector_cls", lambda: NoDetector)
+def tiny_bundle(tiny_fit, tmp_path):
+    """The tiny model saved as a bundle; the tests here load it with a NoDetector."""
     return _model(tiny_fit).save(tmp_path / "tiny.mcf")
 
 
 def test_calibrated_bundle_travels_to_workers_with_its_state(tiny_fit, tiny_bundle):
     import pickle
 
-    from mcf_fast.pipeline.slide import ModelPredictor, PredictorSpec, load_predictor
+    from mcf_fast.slide.predictors import ModelPredictor, PredictorSpec, load_predictor
 
     img = _tinted(tiny_fit[4])
-    p = load_predictor(tiny_bundle)
+    p = load_predictor(tiny_bundle, detector_cls=NoDetector)
     assert isinstance(p, ModelPredictor) and p.source == str(tiny_bundle)
     state = json.loads(json.dumps(p.calibration([img[:, :64], img[:, 32:]])))
     cal = p.calibrated(state)
     clone = pickle.loads(pickle.dumps(cal))
     assert clone.state == state and clone.halo == cal.halo
-    built = PredictorSpec(str(tiny_bundle), state).build()
+    built = PredictorSpec(str(tiny_bundle), state, detector_cls=NoDetector).build()
     assert built.state == state
     a = cal.predict_tile(img)
     for other in (clone, built):
@@ -696,7 +692,7 @@ def test_calibrated_bundle_travels_to_workers_with_its_state(tiny_fit, tiny_bund
 def test_slide_run_calibrates_a_bundle_once_for_every_tile(tiny_fit, tiny_bundle, tmp_path):
     import zarr
 
-    from mcf_fast.pipeline.slide import ModelPredictor
+    from mcf_fast.slide.predictors import ModelPredictor
 
     img = _tinted(np.concatenate([tiny_fit[4], tiny_fit[4]], axis=1))  # 96 x 192
     out = tmp_path / "run"
@@ -709,6 +705,7 @@ def test_slide_run_calibrates_a_bundle_once_for_every_tile(tiny_fit, tiny_bundle
         progress=False,
         skip_background=False,
         n_calibration=3,
+        detector_cls=NoDetector,
     )
     assert report.complete and report.n_processed == 8 and report.n_nuclei >= 20
     run = json.loads((out / "run.json").read_text())
@@ -739,6 +736,7 @@ def test_bundle_slide_tables_parquet_gzip_and_the_id_formula(tiny_fit, tiny_bund
         skip_background=False,
         parquet=True,
         gzip_geojson=True,
+        detector_cls=NoDetector,
     )
     assert report.complete and report.n_nuclei >= 20
     with open(out / "nuclei.csv", newline="") as fh:
@@ -767,7 +765,7 @@ def test_calibrated_bundle_on_a_local_cluster_matches_the_in_process_run(
 
     img = _tinted(np.concatenate([tiny_fit[4], tiny_fit[4]], axis=1))
     kw = dict(tile=48, progress=False, skip_background=False, n_calibration=3)
-    here = run_slide(img, tiny_bundle, tmp_path / "here", workers=0, **kw)
+    here = run_slide(img, tiny_bundle, tmp_path / "here", workers=0, detector_cls=NoDetector, **kw)
     there = run_slide(img, tiny_bundle, tmp_path / "there", client=client, **kw)
     assert there.complete and there.workers == 2, there.failed
     assert there.n_nuclei == here.n_nuclei > 0
@@ -808,11 +806,21 @@ def test_bundle_slide_run_equals_the_whole_image(tiny_fit, tiny_bundle, tmp_path
     import zarr
 
     from mcf_fast.io.tiling import id_to_yx
-    from mcf_fast.pipeline.slide import ModelPredictor, _calibration_tiles
+    from mcf_fast.slide.predictors import ModelPredictor
+    from mcf_fast.slide.run import _calibration_tiles
 
     img = synthetic_tissue((1024, 1024), n=1400, seed=5)
     out = tmp_path / "run"
-    report = run_slide(img, tiny_bundle, out, tile=512, workers=0, progress=False, n_calibration=2)
+    report = run_slide(
+        img,
+        tiny_bundle,
+        out,
+        tile=512,
+        workers=0,
+        progress=False,
+        n_calibration=2,
+        detector_cls=NoDetector,
+    )
     assert report.complete and report.n_tissue == report.n_processed == 4
     model = _model(tiny_fit)
     # the largest template side (25) + the net's reach (23), on the grid of 4
@@ -854,7 +862,7 @@ def test_bundle_slide_run_equals_the_whole_image(tiny_fit, tiny_bundle, tmp_path
 
 
 def test_model_halo_covers_the_unet_reach_on_its_pooling_grid(tiny_fit, tmp_path, caplog):
-    from mcf_fast.pipeline.slide import ModelPredictor
+    from mcf_fast.slide.predictors import ModelPredictor
 
     model = _model(tiny_fit)
     assert model.net.multiple == 4 and model.net.reach == 23

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from mcf_fast.detection.selection import select_templates
 from mcf_fast.errors import DataError, FormatError, InputError
 from mcf_fast.io.images import write_image
 from mcf_fast.io.templates import (
@@ -17,7 +18,6 @@ from mcf_fast.io.templates import (
     crop_template,
     read_points,
     read_points_csv,
-    select_templates,
 )
 
 

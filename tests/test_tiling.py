@@ -15,7 +15,6 @@ from mcf_fast.io.export import (
     concat_geojson,
     geojson_fragment,
     iter_features,
-    measure_nuclei,
     overlay,
     write_csv,
     write_geojson,
@@ -29,7 +28,9 @@ from mcf_fast.io.tiling import (
     tile_grid,
     tile_labels,
 )
-from mcf_fast.pipeline.slide import BlobPredictor, nearest_centre_labels, predict_tiled
+from mcf_fast.ops.measure import measure_nuclei
+from mcf_fast.slide.predictors import BlobPredictor, nearest_centre_labels
+from mcf_fast.slide.worker import predict_tiled
 
 
 def synthetic_tissue(shape: tuple[int, int], *, n: int, seed: int = 0) -> np.ndarray:
@@ -266,9 +267,9 @@ def _mosaic(monuseg, side):
 
 def _check_detector_tiling(monuseg, side, tile):
     """Whole vs tiled with the detector; returns the mismatch shares (docs/slides.md)."""
-    pytest.importorskip("mcf_fast.pipeline.detector")
-    from mcf_fast.pipeline.detector import Detector
-    from mcf_fast.pipeline.slide import DetectorPredictor
+    pytest.importorskip("mcf_fast.detection.detector")
+    from mcf_fast.detection.detector import Detector
+    from mcf_fast.slide.predictors import DetectorPredictor
 
     img = _mosaic(monuseg, side)
     raw = DetectorPredictor(Detector(_point_templates(monuseg)))

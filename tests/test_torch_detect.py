@@ -7,13 +7,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from naive import correlate as naive_correlate  # noqa: E402
+from naive import fuse as naive_fuse  # noqa: E402
+
 from mcf_fast.config import DetectionConfig  # noqa: E402
+from mcf_fast.detection.detector import Detector  # noqa: E402
+from mcf_fast.detection.torch_engine import TorchCorrelator, torch_fuse  # noqa: E402
 from mcf_fast.errors import InputError  # noqa: E402
 from mcf_fast.io.templates import TemplateSet  # noqa: E402
-from mcf_fast.models.torch_detect import TorchCorrelator, torch_fuse  # noqa: E402
-from mcf_fast.pipeline.detector import Detector  # noqa: E402
-from tests.naive_detect import correlate as naive_correlate  # noqa: E402
-from tests.naive_detect import fuse as naive_fuse  # noqa: E402
 from tests.test_detector import CENTRES, SMALL, synthetic  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def test_parity_with_numba_path(setup, extra):
     det = Detector(tset, DetectionConfig(**{**SMALL, **extra}))
     feats = det._features(image)
     ref = det.fused_response(feats)
-    got = TorchCorrelator(det._filters, device="cpu").fused(feats, det)
+    got = TorchCorrelator(det._filters, device="cpu").fused(feats, det.fusion_layout)
     np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max())
 
 

@@ -12,7 +12,7 @@ from seg_fakes import PURPLE, disk_image, grid_centres, one_torch_thread  # noqa
 
 from mcf_fast.config import SegmentationConfig
 from mcf_fast.errors import ConfigError, InputError
-from mcf_fast.models.train import (
+from mcf_fast.segmentation.train import (
     SyntheticSampler,
     build_unet,
     dihedral,
@@ -21,7 +21,7 @@ from mcf_fast.models.train import (
     self_targets,
     train_unet,
 )
-from mcf_fast.models.unet import UNet
+from mcf_fast.segmentation.unet import UNet
 
 TINY = SegmentationConfig(
     width=8, depth=2, crop_size=32, batch_size=4, steps=40, lr=1e-2, self_steps=0
@@ -219,7 +219,7 @@ _NET = build_unet(SegmentationConfig(width=4, depth=2), seed=0)
 
 
 def test_colour_augmentation(disks):
-    from mcf_fast.models.train import _jitter_colour
+    from mcf_fast.segmentation.train import _jitter_colour
 
     rng = np.random.default_rng(0)
     batch = np.full((4, 8, 8, 3), 128, np.uint8)

@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from mcf_fast.cli import cli
+from mcf_fast.detection.warmup import synthetic_tile, warm_up
 from mcf_fast.errors import InputError
 from mcf_fast.io.templates import TemplateSet
-from mcf_fast.pipeline.warmup import synthetic_tile, warm_up
 
 
 def test_synthetic_tile():

@@ -62,10 +62,13 @@ def cli() -> None:
     """mcf: few-shot nuclei detection and segmentation (Mutual-Complementing Framework)."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mcf`` console script."""
+def main(argv: list[str] | None = None, *, obj: dict | None = None) -> int:
+    """Entry point of the ``mcf`` console script.
+
+    `obj` hands objects to the commands (see :func:`mcf_fast.cli.common.injected`).
+    """
     try:
-        cli.main(args=argv, prog_name="mcf", standalone_mode=False)
+        cli.main(args=argv, prog_name="mcf", standalone_mode=False, obj=obj)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code or 0)
     except click.ClickException as exc:

@@ -10,15 +10,80 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
+import click
+
+from mcf_fast._validate import cuda_missing, is_device
 from mcf_fast.errors import InputError, McfError
 from mcf_fast.io.images import IMAGE_SUFFIXES
 
-__all__ = ["BatchError", "check_images", "collect_images", "raise_failures", "run_batch"]
+__all__ = [
+    "BatchError",
+    "check_device",
+    "check_images",
+    "collect_images",
+    "device_option",
+    "gzip_option",
+    "injected",
+    "quiet_option",
+    "raise_failures",
+    "run_batch",
+    "threads_option",
+]
 
 
 class BatchError(McfError):
     """Some images of a batch could not be processed; the others were."""
+
+
+# ---------------------------------------------------------------------- shared options
+def device_option(help: str = "cpu, cuda or cuda:N."):
+    """``--device`` (default cpu)."""
+    return click.option("--device", default="cpu", show_default=True, help=help)
+
+
+def quiet_option(*, bars: bool = False, short: bool = False):
+    """``--quiet`` (``-q`` too with `short`): no progress bar (`bars`: bars)."""
+    names = ("--quiet", "-q") if short else ("--quiet",)
+    return click.option(*names, is_flag=True, help=f"No progress bar{'s' if bars else ''}.")
+
+
+def threads_option():
+    """``--threads``: CPU threads for torch."""
+    return click.option("--threads", type=int, default=None, help="CPU threads for torch.")
+
+
+def gzip_option(name: str):
+    """``--gzip``: write ``<name>.geojson.gz``."""
+    return click.option(
+        "--gzip", "gzip_geojson", is_flag=True, help=f"Write {name}.geojson.gz (gzip)."
+    )
+
+
+def check_device(device: str) -> None:
+    """Refuse a ``--device`` that is not cpu / cuda[:N], or a CUDA device this machine lacks.
+
+    Raises
+    ------
+    InputError
+    """
+    if not is_device(device):
+        raise InputError(f"--device {device}: expected cpu, cuda or cuda:N")
+    if cuda_missing(device):
+        raise InputError(f"--device {device}: no CUDA device is available here")
+
+
+def injected(name: str) -> Any:
+    """An object handed to the commands by the caller of :func:`mcf_fast.cli.main`.
+
+    ``main(argv, obj={"detector_cls": cls})`` makes ``mcf fit`` and ``mcf predict`` build
+    their detector from ``cls`` (an embedding program's detector, or a test's stand-in);
+    None when nothing was given.
+    """
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return obj.get(name) if isinstance(obj, dict) else None
 
 
 def _is_image(f: Path) -> bool:

@@ -14,6 +14,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from mcf_fast.cli.common import check_device, device_option, quiet_option
+
 __all__ = ["DEMO_NAME", "demo", "demo_config"]
 
 #: the demo image's name in every output file
@@ -68,7 +70,7 @@ def demo_config(color_names: str | None = None, *, steps: int = 150, device: str
     default=None,
     help="Colour-name table: 'builtin' (default) or a path to w2c.mat / w2c.npy.",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda[:N].")
+@device_option("cpu, or cuda[:N].")
 @click.option(
     "--steps",
     default=150,
@@ -77,7 +79,7 @@ def demo_config(color_names: str | None = None, *, steps: int = 150, device: str
     help="U-Net training steps of the short fit.",
 )
 @click.option("--detect-only", is_flag=True, help="Stop after detection (a few seconds).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option(bars=True)
 def demo(
     out_dir: str,
     color_names: str | None,
@@ -101,13 +103,13 @@ def demo(
     from skimage import data
 
     from mcf_fast.cli.detect import demo_points, overlay, write_outputs
-    from mcf_fast.cli.seg import _check_device, prediction_table, write_prediction
+    from mcf_fast.cli.seg import prediction_table, write_prediction
+    from mcf_fast.detection.detector import Detector
     from mcf_fast.io.report import html_report
     from mcf_fast.io.templates import TemplateSet
-    from mcf_fast.pipeline.detector import Detector
 
     if device != "cpu":
-        _check_device(device)
+        check_device(device)
     t0 = time.perf_counter()
     image = np.ascontiguousarray(data.immunohistochemistry())
     pts, sizes = demo_points()
@@ -129,7 +131,7 @@ def demo(
     if not detect_only:
         import torch
 
-        from mcf_fast.pipeline.mcf import MCF
+        from mcf_fast.framework.fit import MCF
 
         threads = torch.get_num_threads()
         t_fit = time.perf_counter()

@@ -19,6 +19,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from mcf_fast.cli.common import device_option, quiet_option
+
 #: packaged template points for scikit-image's immunohistochemistry() example (y, x, size)
 DEMO_POINTS = "ihc_templates.csv"
 #: the demo image is IHC (DAB + hematoxylin), not H&E: the defaults were tuned on H&E, so the
@@ -27,7 +29,7 @@ DEMO_SETTINGS = {"min_score": 0.5, "pseudo_fg_free": 1.0}
 
 
 def write_outputs(out_dir: Path, name: str, image: np.ndarray, result) -> list[Path]:
-    """Write the four per-image outputs of a :class:`~mcf_fast.pipeline.detector.Detection`."""
+    """Write the four per-image outputs of a :class:`~mcf_fast.detection.detector.Detection`."""
     from mcf_fast.io.images import atomic_path, write_image
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,13 +100,13 @@ _DEVICE_HELP = "Where correlation and fusion run: cpu, or cuda[:N] (needs torch 
     help="Output folder (created if needed).",
 )
 @click.option("--color-names", default=None, help=_COLOR_HELP)
-@click.option("--device", default="cpu", show_default=True, help=_DEVICE_HELP)
+@device_option(_DEVICE_HELP)
 @click.option(
     "--resume",
     is_flag=True,
     help="Skip images whose outputs in --out are complete, from the same input and settings.",
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option()
 def detect(
     templates_path: str,
     inputs: tuple[str, ...],
@@ -124,10 +126,10 @@ def detect(
     status 1, naming every bad file.
     """
     from mcf_fast.cli.common import collect_images, raise_failures, run_batch
+    from mcf_fast.detection.detector import Detector
     from mcf_fast.io.images import read_image
     from mcf_fast.io.outputs import OutputFolder, file_digest
     from mcf_fast.io.templates import TemplateSet
-    from mcf_fast.pipeline.detector import Detector
 
     files = collect_images(inputs)
     settings = {"command": "detect", "templates": file_digest(templates_path)}

@@ -7,6 +7,8 @@ import shlex
 import click
 from click.core import ParameterSource
 
+from mcf_fast.cli.common import device_option
+
 
 def _command_line(ctx: click.Context) -> str:
     """The invocation as typed: the options given on the command line, in declared order."""
@@ -85,9 +87,7 @@ def _command_line(ctx: click.Context) -> str:
     help="Stain normalisation modes to report: none, auto, macenko, vahadane "
     "(e.g. none,auto for with and without).",
 )
-@click.option(
-    "--device", default="cpu", show_default=True, help="Device of the U-Net: cpu or cuda[:N]."
-)
+@device_option("Device of the U-Net: cpu or cuda[:N].")
 @click.option(
     "--limit",
     default=None,
@@ -152,15 +152,15 @@ def evaluate(
     and masks/), the multi-dataset protocol runs: every dataset, every seed of --seeds,
     MCF beside a watershed tuned on the --reference dataset and one set from the templates
     alone, pseudo-label quality, and transfer between datasets; OUT/protocol.md holds the
-    table (see mcf_fast.pipeline.protocol).  Finished (dataset, seed) runs are kept.
+    table (see mcf_fast.evaluation.protocol).  Finished (dataset, seed) runs are kept.
     """
     from pathlib import Path
 
-    from mcf_fast.pipeline.evaluate import _parse_list, run_evaluation
+    from mcf_fast.evaluation.harness import _parse_list, run_evaluation
 
     command = _command_line(click.get_current_context())
     if not (Path(data) / "train").is_dir():
-        from mcf_fast.pipeline.protocol import run_protocol
+        from mcf_fast.evaluation.protocol import run_protocol
 
         doc = run_protocol(
             data,

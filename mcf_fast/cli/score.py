@@ -7,6 +7,8 @@ import warnings
 
 import click
 
+from mcf_fast.cli.common import quiet_option
+
 
 def _radii(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
     try:
@@ -49,7 +51,7 @@ def _radii(ctx: click.Context, param: click.Parameter, value: str) -> tuple[floa
     help="Detection matching radii in pixels, comma-separated.",
 )
 @click.option("--aggregate-only", is_flag=True, help="Print only the aggregate row.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option()
 def score(
     data: str,
     pred: str,

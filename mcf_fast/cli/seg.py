@@ -8,13 +8,23 @@ from pathlib import Path
 import click
 import numpy as np
 
-from mcf_fast.cli.common import check_images, collect_images, raise_failures, run_batch
+from mcf_fast.cli.common import (
+    check_device,
+    check_images,
+    collect_images,
+    device_option,
+    gzip_option,
+    injected,
+    quiet_option,
+    raise_failures,
+    run_batch,
+    threads_option,
+)
 from mcf_fast.errors import InputError
-from mcf_fast.io.images import read_image, write_image
+from mcf_fast.io.images import read_image, write_image, write_labels
 from mcf_fast.presets import PRESETS
 
 __all__ = [
-    "collect_images",
     "fit",
     "predict",
     "predict_rescaled",
@@ -30,16 +40,6 @@ def _set_threads(threads: int | None) -> None:
         if threads < 1:
             raise InputError(f"--threads: expected a positive number, got {threads}")
         torch.set_num_threads(threads)
-
-
-def _check_device(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {device}: no CUDA device is available here")
-    elif device != "cpu":
-        raise InputError(f"--device {device}: expected cpu, cuda or cuda:N")
 
 
 @click.command("fit", context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,7 +66,7 @@ def _check_device(device: str) -> None:
     show_default=True,
     help="quick: minutes on a CPU; paper: the paper's settings (GPU advised).",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@device_option()
 @click.option("--seed", type=int, default=None, help="Seed (default: the preset's, 0).")
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted fit from its checkpoint folder."
@@ -105,8 +105,8 @@ def _check_device(device: str) -> None:
     help="Microns per pixel of IMAGES, recorded in the bundle [default: the template "
     "set's, else the first image's metadata].",
 )
-@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@threads_option()
+@quiet_option(bars=True, short=True)
 def fit(
     images,
     templates_path,
@@ -132,7 +132,7 @@ def fit(
     """
     from mcf_fast.io.outputs import check_output_dir, check_output_file, lock_folder
 
-    _check_device(device)
+    check_device(device)
     _set_threads(threads)
     paths = collect_images(images)
     check_output_file(out)
@@ -141,8 +141,8 @@ def fit(
     check_output_dir(ckpt, option="--checkpoint-dir")
     # held until the command ends: a second fit into the same checkpoint is refused
     click.get_current_context().with_resource(lock_folder(ckpt, option="--checkpoint-dir"))
+    from mcf_fast.framework.fit import MCF
     from mcf_fast.io.templates import TemplateSet
-    from mcf_fast.pipeline.mcf import MCF
 
     templates = TemplateSet.load(templates_path)
     if mpp is None:
@@ -182,7 +182,7 @@ def fit(
         f"(preset {preset}, {device})",
         err=True,
     )
-    model = MCF(config).fit(
+    model = MCF(config, detector_cls=injected("detector_cls")).fit(
         paths, templates, stain=stain, checkpoint_dir=ckpt, resume=resume, progress=not quiet
     )
     model.save(out)
@@ -205,16 +205,16 @@ def prediction_table(image: np.ndarray, pred, *, mpp: float | None = None) -> di
     image : ndarray, shape (H, W, 3), uint8
         The image the prediction was made on.
     pred : Prediction
-        From :meth:`~mcf_fast.pipeline.mcf.MCFModel.predict`.
+        From :meth:`~mcf_fast.framework.model.MCFModel.predict`.
     mpp : float, optional
         Microns per pixel of the image, for the µm columns (empty without it).
 
     Returns
     -------
     dict of ndarray
-        As :func:`~mcf_fast.io.export.measure_nuclei`.
+        As :func:`~mcf_fast.ops.measure.measure_nuclei`.
     """
-    from mcf_fast.io.export import measure_nuclei
+    from mcf_fast.ops.measure import measure_nuclei
 
     labels = np.asarray(pred.labels)
     ids = np.unique(labels)
@@ -223,7 +223,7 @@ def prediction_table(image: np.ndarray, pred, *, mpp: float | None = None) -> di
     compact[labels <= 0] = 0
     centres = np.asarray(pred.centres, np.float64).reshape(-1, 2)
     if len(centres) != len(ids):  # centres follow the table; recompute when they do not
-        from mcf_fast.pipeline.instances import nucleus_table
+        from mcf_fast.ops.instances import nucleus_table
 
         t = nucleus_table(labels)
         centres = np.stack([t["y"], t["x"]], axis=1) if len(t) else np.zeros((0, 2))
@@ -264,10 +264,7 @@ def write_prediction(
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = pred.labels
     table = prediction_table(image, pred, mpp=mpp)
-    if labels.max(initial=0) <= np.iinfo(np.uint16).max:
-        lpath = write_image(out_dir / f"{name}.png", labels.astype(np.uint16))
-    else:
-        lpath = write_image(out_dir / f"{name}.tif", labels.astype(np.uint32))
+    lpath = write_labels(out_dir / name, labels)
     cpath = out_dir / f"{name}.csv"
     concat_csv(cpath, [csv_fragment(0, table)])
     gpath = out_dir / (f"{name}.geojson.gz" if gzip_geojson else f"{name}.geojson")
@@ -310,7 +307,7 @@ def predict_rescaled(model, image: np.ndarray, scale: float):
 
     from skimage.transform import resize
 
-    from mcf_fast.pipeline.instances import nucleus_table
+    from mcf_fast.ops.instances import nucleus_table
 
     h, w = image.shape[:2]
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
@@ -344,7 +341,7 @@ def predict_rescaled(model, image: np.ndarray, scale: float):
     type=click.Path(file_okay=False, path_type=Path),
     help="Output folder.",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@device_option()
 @click.option(
     "--flips/--no-flips",
     default=None,
@@ -357,14 +354,14 @@ def predict_rescaled(model, image: np.ndarray, scale: float):
     help="Microns per pixel of the images (the µm measurements; with a model that records "
     "its mpp, images are resampled to the model's scale and results mapped back).",
 )
-@click.option("--gzip", "gzip_geojson", is_flag=True, help="Write <name>.geojson.gz (gzip).")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
+@gzip_option("<name>")
+@threads_option()
 @click.option(
     "--resume",
     is_flag=True,
     help="Skip images whose outputs in --out are complete, from the same input and model.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option(short=True)
 def predict(
     images, model_path, out, device, flips, mpp, gzip_geojson, threads, resume, quiet
 ) -> None:
@@ -379,10 +376,10 @@ def predict(
     appear together once all are written.  An image that cannot be read is reported and
     the others are processed; the command then exits with status 1, naming every bad file.
     """
+    from mcf_fast.framework.model import MCFModel
     from mcf_fast.io.outputs import OutputFolder, file_digest
-    from mcf_fast.pipeline.mcf import MCFModel
 
-    _check_device(device)
+    check_device(device)
     _set_threads(threads)
     paths = collect_images(images)
     settings = {
@@ -393,7 +390,7 @@ def predict(
         "gzip": gzip_geojson,
     }
     with OutputFolder(out, settings=settings) as folder:
-        model = MCFModel.load(model_path, device=device)
+        model = MCFModel.load(model_path, device=device, detector_cls=injected("detector_cls"))
         if flips is not None:
             seg = dataclasses.replace(model.config.segmentation, tta_flips=flips)
             model.config = dataclasses.replace(model.config, segmentation=seg)

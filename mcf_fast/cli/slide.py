@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from mcf_fast.cli.common import gzip_option, quiet_option
 from mcf_fast.errors import McfError
 
 
@@ -20,7 +21,7 @@ def _to_model_scale(reader, model: str):
 
         model_mpp = TemplateSet.load(model).meta.get("mpp")
     else:
-        from mcf_fast.pipeline.bundle import bundle_mpp
+        from mcf_fast.framework.model import bundle_mpp
 
         model_mpp = bundle_mpp(model)
     if model_mpp is None or reader.mpp is None:
@@ -118,8 +119,8 @@ def _to_model_scale(reader, model: str):
 @click.option(
     "--parquet", is_flag=True, help="Also write nuclei.parquet (the table; needs pyarrow)."
 )
-@click.option("--gzip", "gzip_geojson", is_flag=True, help="Write nuclei.geojson.gz (gzip).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@gzip_option("nuclei")
+@quiet_option()
 def slide(
     slide_path: str,
     model: str,
@@ -147,7 +148,8 @@ def slide(
     to retry them.
     """
     from mcf_fast.io.slides import open_slide
-    from mcf_fast.pipeline.slide import PredictorSpec, run_slide
+    from mcf_fast.slide.predictors import PredictorSpec
+    from mcf_fast.slide.run import run_slide
 
     if model != "blob" and Path(model).suffix.lower() == ".json" and not detector_only:
         raise McfError(

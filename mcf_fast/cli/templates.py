@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from mcf_fast.cli.common import quiet_option
+
 
 @click.group("templates")
 def templates() -> None:
@@ -43,7 +45,7 @@ def templates() -> None:
     help="Microns per pixel of the images, recorded in the set (models fitted on it "
     "resample slides and images to this scale).",
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option()
 def select(data: str, n: int, seed: int, out: str, mpp: float | None, quiet: bool) -> None:
     """Choose N template nuclei from a dataset with masks, deterministically.
 
@@ -51,7 +53,7 @@ def select(data: str, n: int, seed: int, out: str, mpp: float | None, quiet: boo
     each cluster centre, cropped square at twice its equivalent diameter (at least 16 px).
     The same data, N and SEED always give a byte-identical file.
     """
-    from mcf_fast.io.templates import select_templates
+    from mcf_fast.detection.selection import select_templates
 
     ts = select_templates(data, n=n, seed=seed, progress=not quiet)
     _record_mpp(ts, mpp)

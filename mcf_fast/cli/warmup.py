@@ -28,7 +28,7 @@ def warmup(templates: str | None, tile: int) -> None:
     With --templates, the detector of that template set also runs once on a synthetic
     tile of --tile pixels, so that its FFT plans are in the wisdom file.
     """
-    from mcf_fast.pipeline.warmup import warm_up
+    from mcf_fast.detection.warmup import warm_up
 
     tset = None
     if templates is not None:

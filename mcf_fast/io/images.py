@@ -41,6 +41,7 @@ __all__ = [
     "as_rgb_uint8",
     "atomic_path",
     "write_image",
+    "write_labels",
 ]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -320,6 +321,22 @@ def write_image(path: str | os.PathLike, array: np.ndarray) -> Path:
                 raise InputError(f"{final}: can only write uint8 or uint16, got {a.dtype}")
             Image.fromarray(a).save(tmp, format=_pil_format(final))
     return final
+
+
+def write_labels(stem: str | os.PathLike, labels: np.ndarray) -> Path:
+    """Write an instance-label map as ``<stem>.png`` (uint16), or ``<stem>.tif`` (uint32)
+    when an id exceeds 65535; atomically.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    labels = np.asarray(labels)
+    base = Path(stem)
+    if labels.max(initial=0) <= np.iinfo(np.uint16).max:
+        return write_image(base.with_name(base.name + ".png"), labels.astype(np.uint16))
+    return write_image(base.with_name(base.name + ".tif"), labels.astype(np.uint32))
 
 
 def _pil_format(path: Path) -> str:

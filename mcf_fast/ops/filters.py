@@ -30,6 +30,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy.signal import fftconvolve
 
+from mcf_fast._validate import check_version
 from mcf_fast.config import DetectionConfig
 from mcf_fast.errors import FormatError, InputError, describe
 
@@ -273,12 +274,7 @@ class FilterBank:
         try:
             # our own handle: numpy leaves its file open when a damaged zip fails
             with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as z:
-                version = int(z["version"])
-                if version != BANK_VERSION:
-                    raise FormatError(
-                        f"{p}: filter-bank version {version} is not supported "
-                        f"(this mcf_fast reads version {BANK_VERSION})"
-                    )
+                check_version(int(z["version"]), BANK_VERSION, f"{p}: filter-bank version")
                 sizes = np.asarray(z["sizes"], dtype=np.int64)
                 crops = np.asarray(z["crops"], dtype=np.int64)
                 filters = tuple(

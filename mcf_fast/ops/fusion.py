@@ -10,6 +10,7 @@ templates, eq. (3).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.signal import fftconvolve
@@ -17,7 +18,37 @@ from scipy.signal import fftconvolve
 from mcf_fast.errors import InputError
 from mcf_fast.kernels.fusion import group_topk_kernel, scale_template_kernel
 
-__all__ = ["fuse_crops", "fuse_scales_templates", "fuse_responses", "normalise_response"]
+__all__ = [
+    "FusionLayout",
+    "accumulate_crops",
+    "accumulate_scales_templates",
+    "fuse_crops",
+    "fuse_scales_templates",
+    "fuse_responses",
+    "normalise_response",
+    "weight_scales",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class FusionLayout:
+    """What the fusion of eqs. (2)-(3) needs to know about a filter bank's responses.
+
+    Responses come as ``n_templates * n_scales * n_crops`` maps in C order (``n_crops`` is 1
+    when the crops are folded into the filters).  With eq. (2) read literally
+    (``g_level="both"``, not folded) each crop-fused map is correlated with its ``G_k``:
+    ``scale_weights[n][k]``, over a `margin` of ``max side // 2`` pixels the responses carry
+    beyond the image; otherwise `scale_weights` is None and `margin` 0.
+    """
+
+    n_templates: int
+    n_scales: int
+    n_crops: int
+    top_t: int
+    top_h: int
+    mode: str
+    margin: int = 0
+    scale_weights: tuple[tuple[np.ndarray, ...], ...] | None = None
 
 
 def _whole(h: int, w: int) -> np.ndarray:
@@ -47,6 +78,84 @@ def _as_maps(r: np.ndarray, name: str) -> np.ndarray:
     return a
 
 
+def accumulate_crops(
+    batch: np.ndarray,
+    n_u: int,
+    out: np.ndarray,
+    offsets: np.ndarray,
+    *,
+    top_t: int,
+    mode: str = "topk",
+) -> None:
+    """CFF of a batch of response tiles, written into `out` at each tile's offset.
+
+    The streaming form of :func:`fuse_crops` that the detector runs on the batches of
+    :func:`~mcf_fast.ops.correlation.iter_correlate_batches`; no validation (the hot path).
+
+    Parameters
+    ----------
+    batch : ndarray, shape (B, M * U, h, w), float32, C-contiguous
+        B tiles of the M * U crop responses.
+    n_u : int
+        U, the crops per group.
+    out : ndarray, shape (M, H, W), float32
+        Written in place.
+    offsets : ndarray, shape (B, 4), int64
+        ``(y0, x0, h, w)``: where each tile's top-left h x w pixels go in `out`.
+    top_t : int
+    mode : {"topk", "mean"}
+    """
+    group_topk_kernel(batch, n_u, top_t, mode == "mean", out, offsets)
+
+
+def accumulate_scales_templates(
+    batch: np.ndarray,
+    n_t: int,
+    n_k: int,
+    out: np.ndarray,
+    offsets: np.ndarray,
+    *,
+    top_t: int,
+    top_h: int,
+    mode: str = "topk",
+) -> None:
+    """MFF and eq. (3) of a batch of tiles into `out`: the streaming form of
+    :func:`fuse_scales_templates` (batch (B, N * K, h, w), `out` (H, W)); no validation."""
+    scale_template_kernel(batch, n_t, n_k, top_t, top_h, mode == "mean", out, offsets)
+
+
+def weight_scales(
+    crop_fused: np.ndarray, weights: Sequence[Sequence[np.ndarray]], *, margin: int
+) -> np.ndarray:
+    """Eq. (2) read literally: correlate each crop-fused map ``S_k^n`` with its ``G_k``.
+
+    Parameters
+    ----------
+    crop_fused : ndarray, shape (N * K, H + 2 margin, W + 2 margin), float32
+        The maps, computed `margin` pixels beyond the image so that the result is exact.
+    weights : N x K arrays
+        ``G_k`` of each template and scale (odd sides of at most ``2 margin + 1``).
+    margin : int
+
+    Returns
+    -------
+    ndarray, shape (N * K, H, W), float32
+    """
+    n_t, n_k = len(weights), len(weights[0])
+    h, w = crop_fused.shape[1] - 2 * margin, crop_fused.shape[2] - 2 * margin
+    out = np.empty((n_t * n_k, h, w), dtype=np.float32)
+    for n in range(n_t):
+        for k in range(n_k):
+            g = weights[n][k]
+            ek = g.shape[0] // 2
+            src = crop_fused[
+                n * n_k + k, margin - ek : margin + ek + h, margin - ek : margin + ek + w
+            ]
+            # correlation with G is convolution with G flipped
+            out[n * n_k + k] = fftconvolve(src.astype(np.float64), g[::-1, ::-1], mode="valid")
+    return out
+
+
 def fuse_crops(responses: np.ndarray, *, top_t: int = 3, mode: str = "topk") -> np.ndarray:
     """CFF: accumulate the top-T of the U crop responses per pixel.
 
@@ -62,16 +171,15 @@ def fuse_crops(responses: np.ndarray, *, top_t: int = 3, mode: str = "topk") -> 
     -------
     ndarray, shape (M, H, W), float32
     """
-    mean = _check_mode(mode)
+    _check_mode(mode)
     t = _check_t("top_t", top_t)
     r = _as_maps(responses, "responses")
     if r.ndim != 4:
         raise InputError(f"responses: expected (M, U, H, W), got shape {r.shape}")
     m, u, h, w = r.shape
     out = np.empty((m, h, w), dtype=np.float32)
-    group_topk_kernel(
-        np.ascontiguousarray(r.reshape(1, m * u, h, w)), u, t, mean, out, _whole(h, w)
-    )
+    batch = np.ascontiguousarray(r.reshape(1, m * u, h, w))
+    accumulate_crops(batch, u, out, _whole(h, w), top_t=t, mode=mode)
     return out
 
 
@@ -90,7 +198,7 @@ def fuse_scales_templates(
     -------
     ndarray, shape (H, W), float32: the fused response S (not normalised).
     """
-    mean = _check_mode(mode)
+    _check_mode(mode)
     t = _check_t("top_t", top_t)
     hh = _check_t("top_h", top_h)
     r = _as_maps(responses, "responses")
@@ -98,9 +206,8 @@ def fuse_scales_templates(
         raise InputError(f"responses: expected (N, K, H, W), got shape {r.shape}")
     n, k, h, w = r.shape
     out = np.empty((h, w), dtype=np.float32)
-    scale_template_kernel(
-        np.ascontiguousarray(r.reshape(1, n * k, h, w)), n, k, t, hh, mean, out, _whole(h, w)
-    )
+    batch = np.ascontiguousarray(r.reshape(1, n * k, h, w))
+    accumulate_scales_templates(batch, n, k, out, _whole(h, w), top_t=t, top_h=hh, mode=mode)
     return out
 
 
@@ -152,19 +259,32 @@ def fuse_responses(
     return fuse_scales_templates(sk.reshape(n, k, h, w), top_t=top_t, top_h=top_h, mode=mode)
 
 
-def normalise_response(s: np.ndarray) -> np.ndarray:
+def normalise_response(
+    s: np.ndarray, *, value_range: tuple[float, float] | None = None
+) -> np.ndarray:
     """Min-max normalisation of S to [0, 1] (a constant map becomes all zeros).
+
+    Parameters
+    ----------
+    s : ndarray
+    value_range : (lo, hi), optional
+        The range mapped to [0, 1]: the map's own minimum and maximum by default; a fixed
+        one (e.g. a slide-level calibration) maps every tile alike, values outside it
+        falling outside [0, 1].
 
     Returns
     -------
     ndarray, same shape, float32
     """
     a = np.asarray(s, dtype=np.float32)
-    if a.size == 0:
-        return a.copy()
-    lo, hi = float(a.min()), float(a.max())
+    if value_range is not None:
+        lo, hi = float(value_range[0]), float(value_range[1])
+    else:
+        if a.size == 0:
+            return a.copy()
+        lo, hi = float(a.min()), float(a.max())
     if not np.isfinite(lo) or not np.isfinite(hi):
         raise InputError("response: contains NaN or infinite values")
     if hi - lo <= 0:
         return np.zeros_like(a)
-    return ((a - lo) * (1.0 / (hi - lo))).astype(np.float32)
+    return ((a - np.float32(lo)) * np.float32(1.0 / (hi - lo))).astype(np.float32)

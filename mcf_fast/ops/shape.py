@@ -7,9 +7,9 @@ of its own mask, whose ridges follow the blob's outline.  With
 pixel, the distance to the edge of the nucleus it belongs to, divided by that nucleus'
 largest distance: 1 at each nucleus' centre, falling towards its edge and to 0 where two
 nuclei meet.  The instances come from the pseudo mask, split at the detected centres
-(:func:`mcf_fast.pipeline.instances.pseudo_instances`); the predicted map then gives one
+(:func:`mcf_fast.ops.instances.pseudo_instances`); the predicted map then gives one
 peak per nucleus, the seeds of the watershed (``instance_seeds = "shape"``,
-:mod:`mcf_fast.pipeline.instances`).
+:mod:`mcf_fast.ops.instances`).
 """
 
 from __future__ import annotations

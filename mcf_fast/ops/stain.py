@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from mcf_fast._validate import check_version
 from mcf_fast.errors import ConfigError, FormatError, InputError
 from mcf_fast.io.images import as_rgb_uint8
 
@@ -468,12 +469,7 @@ def normalizer_from_dict(data: dict[str, Any]) -> StainNormalizer:
     """
     if not isinstance(data, dict):
         raise FormatError(f"stain normaliser: expected a dict, got {type(data).__name__}")
-    version = data.get("format_version")
-    if version != FORMAT_VERSION:
-        raise FormatError(
-            f"stain normaliser: format_version {version!r} is not supported "
-            f"(this mcf_fast reads version {FORMAT_VERSION})"
-        )
+    check_version(data.get("format_version"), FORMAT_VERSION, "stain normaliser: format_version")
     try:
         method = data["method"]
         stains = np.asarray(data["stain_matrix"], dtype=np.float64)

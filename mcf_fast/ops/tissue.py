@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["BLANK_RANGE", "WHITE_OD", "is_blank", "optical_density_sum", "white_space"]
+__all__ = [
+    "BLANK_RANGE",
+    "WHITE_OD",
+    "hematoxylin_od",
+    "is_blank",
+    "optical_density_sum",
+    "white_space",
+]
 
 #: smallest spread (max - min, grey levels 0..255, after a 5 x 5 mean) of an image with tissue
 BLANK_RANGE = 16
@@ -79,3 +86,20 @@ def white_space(image: np.ndarray, *, od: float = WHITE_OD) -> np.ndarray:
     [[True, False]]
     """
     return optical_density_sum(image) < od
+
+
+def hematoxylin_od(rgb: np.ndarray) -> np.ndarray:
+    """The hematoxylin channel of the colour deconvolution (:func:`skimage.color.rgb2hed`).
+
+    Parameters
+    ----------
+    rgb : ndarray, shape (H, W, 3), uint8
+
+    Returns
+    -------
+    ndarray, shape (H, W), float64
+        Hematoxylin optical density (Ruifrok and Johnston's stain vectors), unscaled.
+    """
+    from skimage.color import rgb2hed
+
+    return rgb2hed(rgb)[:, :, 0]

@@ -62,15 +62,15 @@ def warm_up(templates=None, *, tile: int = 1000, config=None) -> dict[str, float
 
     Examples
     --------
-    >>> from mcf_fast.pipeline.warmup import warm_up   # doctest: +SKIP
+    >>> from mcf_fast.detection.warmup import warm_up   # doctest: +SKIP
     >>> warm_up()                                      # doctest: +SKIP
     {'detector': 61.2, 'instances': 3.1}
     """
     from mcf_fast.config import DetectionConfig
+    from mcf_fast.detection.detector import Detector
     from mcf_fast.errors import InputError
     from mcf_fast.io.templates import TemplateSet
-    from mcf_fast.pipeline.detector import Detector
-    from mcf_fast.pipeline.instances import instance_labels
+    from mcf_fast.ops.instances import instance_labels
 
     if tile < 16:
         raise InputError(f"tile = {tile}: expected at least 16 pixels")

@@ -4,7 +4,7 @@ Two 3x3 convolutions with batch normalisation and ReLU per level, max-pooling do
 transposed convolutions up, skip connections by concatenation, a 1x1 head with two classes
 (background, nucleus).  Inputs are float RGB in [0, 1]; the network normalises them itself,
 so every caller feeds the same thing.  Height and width must be multiples of
-``2 ** depth``; :func:`mcf_fast.models.train.predict_proba` pads for you.
+``2 ** depth``; :func:`mcf_fast.segmentation.train.predict_proba` pads for you.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Correlation and fusion of the detection branch in torch, for GPUs.
 
-The same computation as :meth:`mcf_fast.pipeline.detector.Detector.fused_response`, laid out
+The same computation as :meth:`mcf_fast.detection.detector.Detector.fused_response`, laid out
 for an accelerator with memory to spare: the mirrored features are transformed once at full
 size, the filter spectra are computed on the fly at that size, a chunk of filters at a time,
 and the fusion of eqs. (2)-(3) uses ``torch.topk``.  On a CPU it runs too (that is how the
@@ -12,14 +12,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mcf_fast._validate import cuda_missing
 from mcf_fast.errors import InputError
 from mcf_fast.ops.correlation import pad_features
+from mcf_fast.ops.fusion import FusionLayout
 
 __all__ = ["TorchCorrelator", "torch_fuse"]
 
 
 def _device(device: str) -> torch.device:
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if cuda_missing(device):
         raise InputError(f"device = {device!r}: torch finds no CUDA device on this machine")
     try:
         return torch.device(device)
@@ -121,29 +123,23 @@ class TorchCorrelator:
             out[i : i + q] = torch.fft.irfft2(prod, s=(ph, pw))[:, :h, :w]
         return out
 
-    def fused(self, features: np.ndarray, detector) -> np.ndarray:
-        """The fused response S of the detector's configuration, as (H, W) float32 numpy."""
-        cfg = detector.config
-        n_t, n_k, n_u = detector._layout
-        gk = detector._gk
-        e = int(gk.max()) // 2 if gk.any() else 0
+    def fused(self, features: np.ndarray, layout: FusionLayout) -> np.ndarray:
+        """The fused response S (eqs. 2-3) of these filters' responses, arranged as
+        `layout` says (:attr:`Detector.fusion_layout`), as (H, W) float32 numpy."""
+        e = layout.margin
+        h, w = features.shape[:2]
         with torch.no_grad():
             r = self.correlate(features, margin=e).reshape(
-                n_t,
-                n_k,
-                n_u,
-                *features.shape[:2]
-                if not e
-                else (features.shape[0] + 2 * e, features.shape[1] + 2 * e),
+                layout.n_templates, layout.n_scales, layout.n_crops, h + 2 * e, w + 2 * e
             )
             weights = None
-            if e:
-                weights = [[detector.bank.g_weight(a, b) for b in range(n_k)] for a in range(n_t)]
+            if layout.scale_weights is not None:
+                weights = [list(row) for row in layout.scale_weights]
             s = torch_fuse(
                 r,
-                top_t=cfg.top_t,
-                top_h=cfg.top_h,
-                mode=cfg.fusion,
+                top_t=layout.top_t,
+                top_h=layout.top_h,
+                mode=layout.mode,
                 scale_weights=weights,
                 margin=e,
             )

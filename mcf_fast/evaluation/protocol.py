@@ -3,13 +3,14 @@
 ``run_protocol(ROOT, out=OUT)`` runs, for every dataset folder under ``ROOT`` that has
 instance masks and for every template seed:
 
-1. ``n`` templates from the dataset's train split (:func:`~mcf_fast.io.templates.select_templates`);
+1. ``n`` templates from the dataset's train split
+   (:func:`~mcf_fast.detection.selection.select_templates`);
 2. MCF fitted on the train images (masks unused); its round-1 pseudo masks are scored
-   against the train masks (:func:`~mcf_fast.metrics.pseudo_label_quality`); the model
+   against the train masks (:func:`~mcf_fast.evaluation.quality.pseudo_label_quality`); the model
    bundle is kept as ``OUT/<dataset>/seed<k>/model.mcf``;
 3. predictions on the test split, scored (:func:`~mcf_fast.metrics.score_arrays`);
 4. the *template watershed*: a watershed whose parameters come from the same templates
-   alone (:func:`~mcf_fast.pipeline.baselines.watershed_params_from_templates`);
+   alone (:func:`~mcf_fast.evaluation.baselines.watershed_params_from_templates`);
 
 and once per dataset the *reference watershed*, whose parameters were tuned on the train
 split of the reference dataset only (MoNuSeg by default): what a user gets with zero clicks
@@ -155,7 +156,7 @@ def _score(items: list) -> dict[str, float]:
 def _predict_and_score(test, predict, folder: Path | None, progress: bool, desc: str):
     from tqdm.auto import tqdm
 
-    from mcf_fast.pipeline.evaluate import _write_prediction
+    from mcf_fast.evaluation.methods import write_prediction as _write_prediction
 
     items = []
     for name in tqdm(test.names, desc=desc, unit="image", disable=not progress, leave=False):
@@ -176,7 +177,7 @@ def _mcf_predictor(model):
 
 
 def _watershed_predictor(params):
-    from mcf_fast.pipeline.baselines import watershed_nuclei
+    from mcf_fast.evaluation.baselines import watershed_nuclei
 
     return lambda image: (watershed_nuclei(image, params=params), None)
 
@@ -230,22 +231,24 @@ def run_protocol(
         The command line recorded in the report.
     watershed_grid : dict, optional
         Search space of the reference watershed's tuning (default:
-        :data:`mcf_fast.pipeline.baselines.DEFAULT_GRID`).
+        :data:`mcf_fast.evaluation.baselines.DEFAULT_GRID`).
 
     Returns
     -------
     dict
         The ``protocol.json`` document.
     """
-    from mcf_fast.io.templates import select_templates
-    from mcf_fast.metrics import pseudo_label_quality
-    from mcf_fast.pipeline.baselines import (
+    from mcf_fast.detection.selection import select_templates
+    from mcf_fast.evaluation.baselines import (
         WatershedParams,
         tune_watershed,
         watershed_params_from_templates,
     )
-    from mcf_fast.pipeline.evaluate import _source_version, machine_description
-    from mcf_fast.pipeline.mcf import MCF, MCFModel
+    from mcf_fast.evaluation.provenance import machine_description
+    from mcf_fast.evaluation.provenance import source_version as _source_version
+    from mcf_fast.evaluation.quality import pseudo_label_quality
+    from mcf_fast.framework.fit import MCF
+    from mcf_fast.framework.model import MCFModel
     from mcf_fast.presets import get_preset
 
     out_dir = Path(out)

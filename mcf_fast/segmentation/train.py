@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from mcf_fast.config import SegmentationConfig
 from mcf_fast.errors import ConfigError, InputError
 from mcf_fast.io.images import as_rgb_uint8
-from mcf_fast.models.unet import UNet
+from mcf_fast.segmentation.unet import UNet
 
 __all__ = [
     "SyntheticSampler",
@@ -567,7 +567,7 @@ def predict_proba(
     Parameters
     ----------
     net : torch.nn.Module
-        A two-class segmentation network (e.g. :class:`~mcf_fast.models.unet.UNet`).
+        A two-class segmentation network (e.g. :class:`~mcf_fast.segmentation.unet.UNet`).
     image : ndarray, shape (H, W, 3)
         RGB image (any dtype :func:`~mcf_fast.io.images.as_rgb_uint8` accepts).
     device : str or torch.device

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.signal import fftconvolve
 
+from mcf_fast._validate import is_device
 from mcf_fast.config import DetectionConfig
 from mcf_fast.errors import FormatError, InputError
 from mcf_fast.io.images import as_rgb_uint8
-from mcf_fast.kernels.fusion import group_topk_kernel, scale_template_kernel
 from mcf_fast.ops.correlation import SpectralBank, iter_correlate_batches
 from mcf_fast.ops.filters import (
     FilterBank,
@@ -38,7 +37,13 @@ from mcf_fast.ops.filters import (
     projection_rank,
     scale_sizes,
 )
-from mcf_fast.ops.fusion import normalise_response
+from mcf_fast.ops.fusion import (
+    FusionLayout,
+    accumulate_crops,
+    accumulate_scales_templates,
+    normalise_response,
+    weight_scales,
+)
 from mcf_fast.ops.pseudo import colour_posterior, find_centres, gate_centres, pseudo_mask
 
 __all__ = ["Detection", "Detector", "postprocess"]
@@ -208,7 +213,7 @@ class Detector:
         items = _templates_of(templates)
         self.templates = templates if isinstance(templates, TemplateSet) else TemplateSet(items)
         self.config = cfg
-        if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
+        if not is_device(device):
             raise InputError(f"device = {device!r}: expected 'cpu' or 'cuda[:N]'")
         self.device = device
         self._table = resolve_color_names(cfg.color_names) if cfg.use_cn else None
@@ -236,6 +241,7 @@ class Detector:
             filters = filters / np.float32(n_u)  # mean over crops = sum / U
         self._layout = layout
         self._gk = gk
+        self._fusion_layout: FusionLayout | None = None
         self.max_filter_size = int(filters.shape[-1])
         n_f, n_c = filters.shape[:2]
         rank = projection_rank(
@@ -253,7 +259,7 @@ class Detector:
                 filters, block=cfg.block_size, max_spectra_bytes=cfg.max_spectra_mib * 2**20
             )
         else:
-            from mcf_fast.models.torch_detect import TorchCorrelator
+            from mcf_fast.detection.torch_engine import TorchCorrelator
 
             self._engine = TorchCorrelator(filters, device=self.device)
         self._filters = filters
@@ -335,37 +341,52 @@ class Detector:
                 )
             features = z @ self._projection
         if self.device != "cpu":
-            return self._engine.fused(features, self)
-        cfg = self.config
-        n_t, n_k, n_u = self._layout
-        mean = cfg.fusion == "mean"
+            return self._engine.fused(features, self.fusion_layout)
+        lay = self.fusion_layout
+        n_t, n_k, n_u = lay.n_templates, lay.n_scales, lay.n_crops
+        fuse = {"top_t": lay.top_t, "mode": lay.mode}
         h, w = features.shape[:2]
         out = np.empty((h, w), dtype=np.float32)
         if self._folded:
             for offsets, r in iter_correlate_batches(features, self._engine):
-                scale_template_kernel(r, n_t, n_k, cfg.top_t, cfg.top_h, mean, out, offsets)
+                accumulate_scales_templates(r, n_t, n_k, out, offsets, top_h=lay.top_h, **fuse)
             return out
         # general path: crop fusion first, into full-size maps (N*K of them); with eq. (2)
         # read literally, G_k then acts on these maps, computed e pixels beyond the image
         # so that the result is exact
-        e = int(self._gk.max()) // 2
+        e = lay.margin
         sk = np.empty((n_t * n_k, h + 2 * e, w + 2 * e), dtype=np.float32)
         for offsets, r in iter_correlate_batches(features, self._engine, margin=e):
-            group_topk_kernel(r, n_u, cfg.top_t, mean, sk, offsets)
+            accumulate_crops(r, n_u, sk, offsets, **fuse)
         if e:
-            weighted = np.empty((n_t * n_k, h, w), dtype=np.float32)
-            for n in range(n_t):
-                for k in range(n_k):
-                    g = self.bank.g_weight(n, k)
-                    ek = g.shape[0] // 2
-                    src = sk[n * n_k + k, e - ek : e + ek + h, e - ek : e + ek + w]
-                    weighted[n * n_k + k] = fftconvolve(
-                        src.astype(np.float64), g[::-1, ::-1], mode="valid"
-                    )
-            sk = weighted
+            sk = weight_scales(sk, lay.scale_weights, margin=e)
         whole = np.array([[0, 0, h, w]], dtype=np.int64)
-        scale_template_kernel(sk[None], n_t, n_k, cfg.top_t, cfg.top_h, mean, out, whole)
+        accumulate_scales_templates(sk[None], n_t, n_k, out, whole, top_h=lay.top_h, **fuse)
         return out
+
+    @property
+    def fusion_layout(self) -> FusionLayout:
+        """How this detector's responses are fused (eqs. 2-3): for either engine."""
+        if self._fusion_layout is None:
+            cfg = self.config
+            n_t, n_k, n_u = self._layout
+            e = int(self._gk.max()) // 2 if self._gk.any() else 0
+            weights = None
+            if e:
+                weights = tuple(
+                    tuple(self.bank.g_weight(n, k) for k in range(n_k)) for n in range(n_t)
+                )
+            self._fusion_layout = FusionLayout(
+                n_templates=n_t,
+                n_scales=n_k,
+                n_crops=n_u,
+                top_t=cfg.top_t,
+                top_h=cfg.top_h,
+                mode=cfg.fusion,
+                margin=e,
+                scale_weights=weights,
+            )
+        return self._fusion_layout
 
     def with_templates(self, templates) -> Detector:
         """A new detector for ``templates``; filters of templates already here are reused.

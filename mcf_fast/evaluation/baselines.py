@@ -23,6 +23,7 @@ from scipy import ndimage as ndi
 
 from mcf_fast.errors import ConfigError, InputError
 from mcf_fast.io.images import as_rgb_uint8
+from mcf_fast.ops.tissue import hematoxylin_od
 
 __all__ = [
     "WatershedParams",
@@ -122,10 +123,8 @@ def hematoxylin(image: np.ndarray, *, sigma: float = 0.0) -> np.ndarray:
         The hematoxylin channel of :func:`skimage.color.rgb2hed`, smoothed, then mapped
         linearly so that its 0.5th and 99.5th percentiles become 0 and 1 (clipped).
     """
-    from skimage.color import rgb2hed
-
     rgb = as_rgb_uint8(image, name="image")
-    h = rgb2hed(rgb)[:, :, 0]
+    h = hematoxylin_od(rgb)
     if sigma > 0:
         h = ndi.gaussian_filter(h, sigma)
     lo, hi = np.percentile(h, [0.5, 99.5])
@@ -441,7 +440,7 @@ def watershed_params_from_templates(templates) -> WatershedParams:
 
     What a user gets from the same clicks without any learning: the nucleus size comes
     from the templates (a template's side is about twice its nucleus's diameter, see
-    :func:`mcf_fast.io.templates.select_templates`), the threshold stays Otsu's.
+    :func:`mcf_fast.detection.selection.select_templates`), the threshold stays Otsu's.
 
     - ``min_size``: a quarter of the area of the smallest template nucleus (at least 10);
     - ``min_distance``: 0.4 of the median nucleus diameter (at least 3);

@@ -1,0 +1,1 @@
+"""Detection: the filter-bank Detector, its torch correlation engine, template selection."""

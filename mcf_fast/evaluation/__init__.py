@@ -1,0 +1,1 @@
+"""Evaluation: the paper protocol, the multi-dataset protocol, baselines and reports."""

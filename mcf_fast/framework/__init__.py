@@ -1,0 +1,1 @@
+"""The framework: fitting MCF rounds, the fitted MCFModel, its residual and checkpoints."""

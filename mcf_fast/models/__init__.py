@@ -1,1 +1,0 @@
-"""The U-Net and its trainer: the only subpackage that imports torch."""

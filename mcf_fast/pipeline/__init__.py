@@ -1,1 +1,0 @@
-"""End-to-end pipelines: the Detector, the MCF loop, whole-slide runs."""

@@ -1,0 +1,1 @@
+"""Whole slides on dask: tile predictors, the worker side, the run and the output assembly."""

@@ -2,7 +2,8 @@
 
 Each train image is detected once (features, correlation, fusion, GDBP); the pseudo-mask
 rules then run on the same response, so the rows differ only by the rule.  Scores are those
-of :func:`mcf_fast.metrics.pseudo_label_quality` against the train masks (never a test split).
+of :func:`mcf_fast.evaluation.quality.pseudo_label_quality` against the train masks (never a
+test split).
 
     python benchmarks/pseudo_quality.py --data ../shared/data --seed 0 --every 3
 
@@ -26,30 +27,49 @@ RULES = {
 
 def main() -> None:
     from mcf_fast.config import DetectionConfig
-    from mcf_fast.io.templates import select_templates
-    from mcf_fast.metrics import pseudo_label_quality
+    from mcf_fast.detection.detector import Detector, postprocess
+    from mcf_fast.detection.selection import select_templates
+    from mcf_fast.evaluation.protocol import find_datasets
+    from mcf_fast.evaluation.quality import pseudo_label_quality
     from mcf_fast.ops.fusion import normalise_response
     from mcf_fast.ops.gdbp import gdbp
-    from mcf_fast.pipeline.detector import Detector, postprocess
-    from mcf_fast.pipeline.protocol import find_datasets
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="folder of datasets")
     ap.add_argument("--seed", type=int, default=0, help="template seed")
     ap.add_argument("--every", type=int, default=1, help="use every k-th train image")
+    ap.add_argument(
+        "--rule",
+        action="append",
+        default=[],
+        metavar="NAME:FIELD=JSON,...",
+        help="an extra rule: the default one with these DetectionConfig fields changed",
+    )
+    ap.add_argument("--datasets", default="", help="comma-separated dataset names (default all)")
     args = ap.parse_args()
+    rules = dict(RULES)
+    for spec in args.rule:
+        name, _, fields = spec.partition(":")
+        changes = dict(RULES["tissue+fill"])
+        for item in filter(None, fields.split(",")):
+            key, _, value = item.partition("=")
+            changes[key] = json.loads(value)
+        rules[name] = changes
+    wanted = set(filter(None, args.datasets.split(",")))
 
     for name, (train, _, _) in find_datasets(args.data).items():
+        if wanted and name not in wanted:
+            continue
         templates = select_templates(train, n=10, seed=args.seed)
         det = Detector(templates)
         names = train.names[:: args.every]
-        per_rule: dict[str, list] = {r: [] for r in RULES}
+        per_rule: dict[str, list] = {r: [] for r in rules}
         images, masks = [], []
         for n in names:
             img = train.load_image(n)
             sn = normalise_response(det.fused_response(det.features(img)))
             d = gdbp(sn, p=det.config.gdbp_p, q=det.config.gdbp_q)
-            for rule, fields in RULES.items():
+            for rule, fields in rules.items():
                 cfg = dataclasses.replace(DetectionConfig(), **fields)
                 per_rule[rule].append(postprocess(img, sn, d, cfg, window=det.window)[2])
             images.append(img)

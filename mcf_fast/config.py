@@ -234,20 +234,6 @@ class DetectionConfig:
         _check(
             self.pseudo_smooth >= 0, c, "pseudo_smooth", self.pseudo_smooth, "a non-negative number"
         )
-        _check(
-            self.pseudo_background in ("colour", "tissue"),
-            c,
-            "pseudo_background",
-            self.pseudo_background,
-            "'colour' or 'tissue'",
-        )
-        _check(
-            0 < self.pseudo_bg_quantile < 1,
-            c,
-            "pseudo_bg_quantile",
-            self.pseudo_bg_quantile,
-            "a number in (0, 1)",
-        )
 
 
 @dataclass(frozen=True)

@@ -340,18 +340,15 @@ class MCF:
         entry["seg_loss"] = _round_summary(losses)
         entry["seg_losses"] = losses
         entry["train_seconds"] = round(time.perf_counter() - t1, 3)
-        predict = {"device": seg.device, "tile": seg.tile}
+
+        def predict_all(stage: str) -> list[np.ndarray]:
+            """p1 of every image by the current ``net`` (read when called)."""
+            desc = f"round {r + 1}: {stage}"
+            bar = tqdm(imgs, desc=desc, unit="image", disable=not progress, leave=False)
+            return [predict_proba(net, im, device=seg.device, tile=seg.tile) for im in bar]
+
         if seg.use_self_finetune and seg.self_steps > 0:
-            probs = [
-                predict_proba(net, im, **predict)
-                for im in tqdm(
-                    imgs,
-                    desc=f"round {r + 1}: predict",
-                    unit="image",
-                    disable=not progress,
-                    leave=False,
-                )
-            ]
+            probs = predict_all("predict")
             self_t = [self_targets(p, t2=seg.t2, t3=seg.t3) for p in probs]
             losses = []
             # eq. (6) ignores the uncertain pixels (no unknown_weight here)
@@ -371,14 +368,5 @@ class MCF:
             )
             entry["self_loss"] = _round_summary(losses)
             entry["self_losses"] = losses
-        probs = [
-            predict_proba(net, im, **predict)
-            for im in tqdm(
-                imgs,
-                desc=f"round {r + 1}: residual",
-                unit="image",
-                disable=not progress,
-                leave=False,
-            )
-        ]
+        probs = predict_all("residual")
         return net, residual_templates(probs, detections, imgs, names, templates, seg)

@@ -123,7 +123,7 @@ def instance_labels(
         if energy is None or np.shape(energy) != p.shape:
             got = None if energy is None else np.shape(energy)
             raise InputError(f"seeds='shape' needs an energy map of shape {p.shape}, got {got}")
-        return _shape_split(mask, np.asarray(energy, np.float64), h=h, min_area=min_area)
+        return _hmaxima_split(mask, h=h, min_area=min_area, energy=np.asarray(energy, np.float64))
     comps, n = ndimage.label(mask)
     if n == 0:
         return np.zeros(p.shape, np.int32)
@@ -196,26 +196,21 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return ~outside
 
 
-def _hmaxima_split(mask: np.ndarray, *, h: float, min_area: int) -> np.ndarray:
+def _hmaxima_split(
+    mask: np.ndarray, *, h: float, min_area: int, energy: np.ndarray | None = None
+) -> np.ndarray:
+    """Flood each component from the h-maxima of its smoothed distance transform, or of the
+    smoothed ``energy`` map when one is given."""
     comps = _relabel(ndimage.label(mask)[0], min_area)  # components 1..n, small ones gone
     mask = comps > 0
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
-    dist = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask), 1.0)
+    if energy is None:
+        dist = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask), 1.0)
+    else:  # a floor keeps every component's pixels positive, as the marker search expects
+        dist = np.where(mask, np.maximum(ndimage.gaussian_filter(energy, 1.0), 1e-6), 0.0)
     markers = hmaxima_markers(dist, comps, h=h)
     labels = watershed(-dist, markers, mask=mask).astype(np.int32)
-    return _relabel(labels, min_area)
-
-
-def _shape_split(mask: np.ndarray, energy: np.ndarray, *, h: float, min_area: int) -> np.ndarray:
-    comps = _relabel(ndimage.label(mask)[0], min_area)
-    mask = comps > 0
-    if not mask.any():
-        return np.zeros(mask.shape, np.int32)
-    # a floor keeps every component's pixels positive, as the marker search expects
-    e = np.where(mask, np.maximum(ndimage.gaussian_filter(energy, 1.0), 1e-6), 0.0)
-    markers = hmaxima_markers(e, comps, h=h)
-    labels = watershed(-e, markers, mask=mask).astype(np.int32)
     return _relabel(labels, min_area)
 
 

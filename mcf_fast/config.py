@@ -139,6 +139,14 @@ class DetectionConfig:
     pseudo_bg_quantile: float = 0.05
     #: gated rule: fill the holes of each nucleus label (pale vesicular interiors)
     pseudo_fill_holes: bool = True
+    #: gated rule: what makes a pixel nucleus-coloured: "hematoxylin" (the stretched
+    #: hematoxylin channel above its Otsu level over the tissue + pseudo_h_offset; free
+    #: pieces above Otsu + pseudo_h_free) or "posterior" (the learnt colour posterior above
+    #: pseudo_fg; free pieces above pseudo_fg_free).  Chosen on train splits
+    #: (docs/evaluation.md, "Pseudo labels from the stain")
+    pseudo_nucleus: str = "hematoxylin"
+    pseudo_h_offset: float = 0.0
+    pseudo_h_free: float = 0.1
 
     def __post_init__(self) -> None:
         c = "DetectionConfig"
@@ -217,6 +225,17 @@ class DetectionConfig:
         _unit(c, "pseudo_fg", self.pseudo_fg)
         _unit(c, "pseudo_bg", self.pseudo_bg)
         _unit(c, "pseudo_fg_free", self.pseudo_fg_free)
+        _check(
+            self.pseudo_nucleus in ("posterior", "hematoxylin"),
+            c,
+            "pseudo_nucleus",
+            self.pseudo_nucleus,
+            "'posterior' or 'hematoxylin'",
+        )
+        for name in ("pseudo_h_offset", "pseudo_h_free"):
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and -1 <= v <= 1
+            _check(ok, c, name, v, "a number in [-1, 1]")
         _check(
             self.pseudo_background in ("colour", "tissue"),
             c,

@@ -15,7 +15,7 @@ from mcf_fast.evaluation.baselines import watershed_params_from_templates
 from mcf_fast.evaluation.protocol import deterministic_split, find_datasets, run_protocol
 from mcf_fast.evaluation.quality import pseudo_label_quality
 from mcf_fast.io.images import write_image
-from mcf_fast.ops.pseudo import pseudo_mask, tissue_background
+from mcf_fast.ops.pseudo import hematoxylin_levels, pseudo_mask, tissue_background
 from mcf_fast.ops.tissue import white_space
 from mcf_fast.segmentation.train import jitter_stain
 
@@ -94,6 +94,53 @@ def test_pale_nucleus_gets_nucleus_labels():
     _, _, unfilled = _labels("tissue", False)
     assert (unfilled[inner] == 1).mean() < 0.2
     assert (pm[pm == 1] == 1).sum() and truth[pm == 1].mean() > 0.95
+
+
+def test_hematoxylin_rule_does_not_follow_detections_on_stroma():
+    # half the strongest detections sit on stroma: the colour model learnt from them
+    # calls stroma nucleus, the stain channel does not
+    img, truth = _tissue()
+    false = [(20, 40), (50, 100), (75, 40), (100, 80), (15, 110), (60, 85)]
+    centres = np.array(DARK + [PALE] + false, np.int64)
+    scores = np.array([0.5] * (len(DARK) + 1) + [1.0] * len(false), np.float32)
+    masks = {
+        rule: pseudo_mask(
+            img,
+            np.zeros(truth.shape, np.float32),
+            centres,
+            window=24,
+            scores=scores,
+            fg_posterior=0.8,
+            background="tissue",
+            fill_holes=True,
+            nucleus=rule,
+        )
+        for rule in ("posterior", "hematoxylin")
+    }
+    precision = {k: truth[m == 1].mean() for k, m in masks.items()}
+    assert precision["hematoxylin"] > 0.95
+    assert precision["posterior"] < precision["hematoxylin"] - 0.2
+    assert (masks["hematoxylin"][truth] == 1).mean() > 0.8  # the nuclei, pale one too
+    with pytest.raises(Exception, match="nucleus"):
+        pseudo_mask(img, np.zeros(truth.shape, np.float32), centres, window=24, nucleus="dark")
+    with pytest.raises(ConfigError, match="pseudo_nucleus"):
+        DetectionConfig(pseudo_nucleus="dark")
+    with pytest.raises(ConfigError, match="pseudo_h_offset"):
+        DetectionConfig(pseudo_h_offset="high")
+
+
+def test_hematoxylin_levels_ignore_glass_and_can_be_fixed():
+    img, truth = _tissue()
+    lo, hi, otsu = hematoxylin_levels(img)
+    assert lo < hi and 0 < otsu < 1
+    glassy = np.concatenate([img, np.full((120, 240, 3), 245, np.uint8)], axis=1)
+    assert hematoxylin_levels([glassy])[2] == pytest.approx(otsu, abs=0.05)
+    args = (img, np.zeros(truth.shape, np.float32), np.array(DARK, np.int64))
+    own = pseudo_mask(*args, window=24, nucleus="hematoxylin")
+    fixed = pseudo_mask(*args, window=24, nucleus="hematoxylin", h_levels=(lo, hi, otsu))
+    np.testing.assert_array_equal(own, fixed)
+    higher = pseudo_mask(*args, window=24, nucleus="hematoxylin", h_levels=(lo, hi, 0.99))
+    assert (higher == 1).sum() < (own == 1).sum()
 
 
 def test_tissue_background_needs_samples_and_a_valid_quantile():

@@ -179,7 +179,7 @@ def test_select_templates_deterministic(tmp_path):
     a.save(tmp_path / "a.json")
     b.save(tmp_path / "b.json")
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
-    assert len(a) == 4 and a.meta["protocol"] == "kmeans-lab-logarea-v1"
+    assert len(a) == 4 and a.meta["protocol"] == "kmeans-lab-logarea-v2"
     assert a.meta["n_images"] == 3
     sizes = sorted(t.size for t in a)
     assert sizes[0] == 16 and sizes[-1] >= 20  # small (min side) and large nuclei both chosen
@@ -196,6 +196,35 @@ def test_select_templates_deterministic(tmp_path):
     assert clusters == sorted(clusters, reverse=True)
     c = select_templates(root, n=4, seed=1)
     assert c.meta["seed"] == 1
+
+
+def test_select_templates_seeds_draw_different_typical_nuclei(tmp_path):
+    # two unmistakable kinds (dark small, pale large): every seed finds the same two
+    # clusters, yet different seeds must pick different nuclei of those kinds
+    root = tmp_path / "d"
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:120, :120]
+    for i in range(2):
+        img = np.full((120, 120, 3), 235, np.uint8)
+        lab = np.zeros((120, 120), np.uint16)
+        k = 0
+        for cy in range(15, 110, 30):
+            for cx in range(15, 110, 30):
+                k += 1
+                dark = (k + i) % 2 == 0
+                r = 4.0 if dark else 7.0
+                m = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r + rng.uniform(-0.5, 0.5)) ** 2
+                lab[m] = k
+                img[m] = (60, 30, 120) if dark else (150, 110, 190)
+        write_image(root / "images" / f"img{i}.png", img)
+        write_image(root / "masks" / f"img{i}.png", lab)
+    picks = set()
+    for seed in range(4):
+        ts = select_templates(root, n=2, seed=seed)
+        kinds = sorted(int(t.crop[t.size // 2, t.size // 2, 0]) for t in ts)
+        assert kinds == [60, 150]  # one of each kind, whatever the seed
+        picks.add(tuple(sorted((t.image, t.y, t.x) for t in ts)))
+    assert len(picks) >= 3
 
 
 def test_select_templates_errors(tmp_path):

@@ -94,6 +94,7 @@ def postprocess(
     *,
     window: int,
     posterior: np.ndarray | None = None,
+    h_levels: tuple[float, float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centres, their scores and the pseudo mask from S~ and D (the tail of ``detect``).
 
@@ -110,6 +111,9 @@ def postprocess(
     posterior : ndarray, shape (H, W), optional
         A nucleus colour posterior to use instead of the one learnt from this image's own
         detections (e.g. a slide-level colour model, so tiles agree).
+    h_levels : (float, float, float), optional
+        The hematoxylin scale of :func:`~mcf_fast.ops.pseudo.hematoxylin_levels` to use
+        instead of this image's own (a slide's, so tiles agree).
 
     Returns
     -------
@@ -146,6 +150,10 @@ def postprocess(
         background=cfg.pseudo_background,
         bg_quantile=cfg.pseudo_bg_quantile,
         fill_holes=cfg.pseudo_fill_holes,
+        nucleus=cfg.pseudo_nucleus,
+        h_offset=cfg.pseudo_h_offset,
+        h_free=cfg.pseudo_h_free,
+        h_levels=h_levels,
     )
     return centres, scores, mask
 

@@ -18,6 +18,9 @@ from mcf_fast.io.templates import MIN_SELECT_SIZE, Template, TemplateSet, crop_t
 
 __all__ = ["select_templates"]
 
+#: a template is drawn from the 1 / TYPICAL_SHARE of its cluster nearest the centre
+TYPICAL_SHARE = 4
+
 
 def _nucleus_table(labels: np.ndarray, image: np.ndarray) -> dict[str, np.ndarray]:
     """Per-label area, centroid, mean RGB and border flag, for labels 1..max."""
@@ -105,7 +108,7 @@ def select_templates(
 ) -> TemplateSet:
     """Choose ``n`` template nuclei from a dataset with masks, deterministically.
 
-    Protocol (version ``kmeans-lab-logarea-v1``):
+    Protocol (version ``kmeans-lab-logarea-v2``):
 
     1. Every nucleus (instance label) of every image with a mask is a candidate, except
        those touching the image border and those whose square crop (step 4) would not fit
@@ -116,9 +119,13 @@ def select_templates(
     3. k-means with ``n`` clusters: k-means++ seeding and Lloyd iterations, 4 restarts, the
        run with the lowest inertia kept; all randomness from
        ``numpy.random.default_rng(seed)``.
-    4. Per cluster, the member nearest its centre (ties: first in image-name, label order)
-       becomes a template: centre = its centroid rounded half up, side =
-       ``max(16, round(2 * sqrt(4 * area / pi)))`` (twice the equivalent diameter).
+    4. Per cluster, one of its typical members becomes a template: the members are ordered
+       by distance to the cluster's centre (ties: first in image-name, label order) and one
+       of the nearest quarter (at least one) is drawn uniformly, with the same generator.
+       Like a user's clicks, different seeds thus give different nuclei of the same kinds,
+       even where the clustering itself does not change with the seed.  Its centre = its
+       centroid rounded half up, side = ``max(16, round(2 * sqrt(4 * area / pi)))``
+       (twice the equivalent diameter).
     5. Templates are ordered by cluster size, largest first (ties: cluster index).
 
     Running it twice on the same data gives byte-identical files from :meth:`TemplateSet.save`.
@@ -203,7 +210,8 @@ def select_templates(
     mu, sd = feats.mean(axis=0), feats.std(axis=0)
     sd[sd == 0] = 1.0
     z = (feats - mu) / sd
-    centres, assign = _kmeans(z, n, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    centres, assign = _kmeans(z, n, rng)
 
     counts = np.bincount(assign, minlength=n)
     chosen: list[tuple[int, int, int]] = []  # (cluster size, cluster, candidate index)
@@ -212,8 +220,11 @@ def select_templates(
         d = ((z - centres[j]) ** 2).sum(axis=1)
         members = np.flatnonzero(assign == j)
         pool = members if len(members) else np.arange(m)
-        order = pool[np.argsort(d[pool], kind="stable")]
-        idx = next(int(i) for i in order if int(i) not in taken)
+        order = [int(i) for i in pool[np.argsort(d[pool], kind="stable")] if int(i) not in taken]
+        if not order:  # every member already taken: the nearest free candidate overall
+            order = [int(i) for i in np.argsort(d, kind="stable") if int(i) not in taken]
+        typical = max(1, -(-len(order) // TYPICAL_SHARE))
+        idx = order[int(rng.integers(typical))]
         taken.add(idx)
         chosen.append((int(counts[j]), j, idx))
     chosen.sort(key=lambda c: (-c[0], c[1]))
@@ -240,7 +251,7 @@ def select_templates(
         )
     meta = {
         "source": "select",
-        "protocol": "kmeans-lab-logarea-v1",
+        "protocol": "kmeans-lab-logarea-v2",
         "data": ds.root.resolve().name,
         "n": n,
         "seed": seed,

@@ -22,6 +22,14 @@ The pseudo mask labels each pixel -1 (unknown), 0 (background) or 1 (nucleus).  
     colour, so it is left unknown rather than called background.  Being conservative on
     both sides is the point: the U-Net learns only from confident pixels.
 
+    With ``nucleus="hematoxylin"`` (the default of :class:`~mcf_fast.config.DetectionConfig`)
+    the nucleus-coloured map is not the learnt posterior but the image's hematoxylin
+    (colour deconvolution, smoothed by one pixel, stretched to [0, 1] by its 0.5th and
+    99.5th percentiles) above Otsu's level over the tissue plus ``h_offset``, and the free
+    pieces are the pixels above Otsu plus ``h_free``.  The learnt posterior follows whatever
+    the strongest detections look like, and where many of them sit on dark cytoplasm or
+    stroma it calls that tissue nucleus; the stain channel does not depend on the detections.
+
     With ``background="tissue"`` (the default of :class:`~mcf_fast.config.DetectionConfig`)
     the background labels also include the tissue that is not nucleus: stroma, collagen,
     cytoplasm and red cells (:func:`tissue_background`), not only white space, so that the
@@ -35,12 +43,13 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from mcf_fast.errors import InputError
-from mcf_fast.ops.tissue import WHITE_OD
+from mcf_fast.ops.tissue import WHITE_OD, hematoxylin_od, white_space
 
 __all__ = [
     "colour_posterior",
     "find_centres",
     "gate_centres",
+    "hematoxylin_levels",
     "nucleus_posterior",
     "pseudo_mask",
     "tissue_background",
@@ -259,6 +268,58 @@ def tissue_background(
     return out.reshape(h, w)
 
 
+def _smoothed_hematoxylin(image: np.ndarray) -> np.ndarray:
+    return ndi.gaussian_filter(hematoxylin_od(np.asarray(image)), 1.0)
+
+
+def hematoxylin_levels(images: np.ndarray | list[np.ndarray]) -> tuple[float, float, float]:
+    """The scale of the hematoxylin rule: (low, high, Otsu level) of one or more images.
+
+    ``low`` and ``high`` are the 0.5th and 99.5th percentiles of the smoothed hematoxylin
+    optical density over all pixels; the Otsu level is that of the map stretched by them to
+    [0, 1] (so a level of 0.4 means 40% of the way from ``low`` to ``high``), over the
+    tissue pixels only (white space excluded, when at least 100 pixels remain), so that the
+    share of glass in a tile does not move it.  A slide fixes these once from sample tiles
+    so that every tile uses the same threshold.
+
+    Parameters
+    ----------
+    images : ndarray, shape (H, W, 3), uint8, or a list of such
+
+    Returns
+    -------
+    (float, float, float)
+    """
+    from skimage.filters import threshold_otsu
+
+    imgs = [images] if isinstance(images, np.ndarray) else list(images)
+    if not imgs:
+        raise InputError("hematoxylin_levels: no image given")
+    h = np.concatenate([_smoothed_hematoxylin(im).ravel() for im in imgs])
+    tissue = ~np.concatenate([white_space(im).ravel() for im in imgs])
+    lo, hi = (float(v) for v in np.percentile(h, [0.5, 99.5]))
+    if hi <= lo:
+        return lo, hi, 1.0
+    stretched = np.clip((h - lo) / (hi - lo), 0.0, 1.0)
+    if tissue.sum() >= 100:
+        stretched = stretched[tissue]
+    if float(stretched.max()) <= float(stretched.min()):
+        return lo, hi, 1.0
+    return lo, hi, float(threshold_otsu(stretched))
+
+
+def _hematoxylin_maps(
+    image: np.ndarray, levels: tuple[float, float, float] | None, offsets: tuple[float, ...]
+) -> list[np.ndarray]:
+    """The pixels whose stretched hematoxylin exceeds Otsu's level plus each offset."""
+    lo, hi, otsu = hematoxylin_levels(image) if levels is None else levels
+    h = _smoothed_hematoxylin(image)
+    if hi <= lo:
+        return [np.zeros(h.shape, bool) for _ in offsets]
+    stretched = (h - lo) / (hi - lo)
+    return [stretched > otsu + off for off in offsets]
+
+
 def _fill_small_holes(mask: np.ndarray, *, max_area: float) -> np.ndarray:
     """``mask`` with its holes (background components not touching the border) of at most
     ``max_area`` pixels filled."""
@@ -348,6 +409,10 @@ def pseudo_mask(
     background: str = "colour",
     bg_quantile: float = 0.05,
     fill_holes: bool = False,
+    nucleus: str = "posterior",
+    h_offset: float = 0.0,
+    h_free: float = 0.1,
+    h_levels: tuple[float, float, float] | None = None,
 ) -> np.ndarray:
     """The pseudo mask {-1 unknown, 0 background, 1 nucleus} (module docstring).
 
@@ -386,6 +451,16 @@ def pseudo_mask(
         Gated rule: fill the holes of the nucleus-coloured map before labelling, up to
         ``window ** 2 / 4`` pixels (the pale interior of a vesicular nucleus enclosed by its
         dark rim), so that a centre on such an interior labels the whole nucleus.
+    nucleus : {"posterior", "hematoxylin"}
+        Gated rule: what makes a pixel nucleus-coloured: the colour posterior above
+        ``fg_posterior`` (free pieces above ``free_posterior``), or the stretched
+        hematoxylin above Otsu's level plus ``h_offset`` (free pieces above Otsu plus
+        ``h_free``; with ``free_posterior >= 1`` there are none).
+    h_offset, h_free : float
+        Offsets of the hematoxylin rule, on the stretched [0, 1] scale.
+    h_levels : (float, float, float), optional
+        :func:`hematoxylin_levels` fixed for several images (a slide); by default this
+        image's own.
 
     Returns
     -------
@@ -403,6 +478,8 @@ def pseudo_mask(
         raise InputError(f"rule = {rule!r}: expected 'paper' or 'gated'")
     if background not in ("colour", "tissue"):
         raise InputError(f"background = {background!r}: expected 'colour' or 'tissue'")
+    if nucleus not in ("posterior", "hematoxylin"):
+        raise InputError(f"nucleus = {nucleus!r}: expected 'posterior' or 'hematoxylin'")
     if window < 1:
         raise InputError(f"window = {window!r}: expected a positive integer")
     out = np.full((h, w), -1, dtype=np.int8)
@@ -435,7 +512,10 @@ def pseudo_mask(
     if post is None:  # nothing to learn colours from: fall back to the paper's rule
         return pseudo_mask(image, s, c, window=window, rule="paper", t1=t1, ratio=ratio)
     disc = dist <= r
-    dark = post > fg_posterior
+    if nucleus == "hematoxylin":
+        dark, free_map = _hematoxylin_maps(img, h_levels, (h_offset, h_free))
+    else:
+        dark, free_map = post > fg_posterior, post > free_posterior
     if fill_holes:  # a pale interior enclosed by a dark rim, up to a nucleus in size
         dark = _fill_small_holes(dark, max_area=window * window / 4.0)
     fg = disc & dark
@@ -443,7 +523,6 @@ def pseudo_mask(
     ids = np.unique(lab[c[:, 0], c[:, 1]])
     fg = np.isin(lab, ids[ids > 0])
     if free_posterior < 1.0:
-        free_map = post > free_posterior
         if fill_holes:
             free_map = _fill_small_holes(free_map, max_area=window * window / 4.0)
         free, n_free = ndi.label(free_map)

@@ -209,7 +209,8 @@ class DetectorPredictor:
     (for the centre gate and the gated pseudo mask) from the image's own detections.  On a
     tile both would be the tile's, so a nucleus near a threshold could be found in one tile
     and missed by its neighbour.  :meth:`calibration` therefore fixes them for the slide:
-    the (min, max) of S over a few sample tiles, and a subsample of the pixels the colour
+    the (min, max) of S over a few sample tiles, their hematoxylin scale
+    (:func:`~mcf_fast.ops.pseudo.hematoxylin_levels`), and a subsample of the pixels the colour
     model learns from (seeds at the stronger centres, background far from every centre, as
     :func:`~mcf_fast.ops.pseudo.colour_posterior` picks them); once :meth:`calibrated`,
     every tile is normalised by the same range and its posterior comes from the same colour
@@ -265,7 +266,8 @@ class DetectorPredictor:
 
     # -- calibration ----------------------------------------------------------------------
     def calibration(self, samples: Sequence[np.ndarray]) -> dict[str, Any]:
-        """Slide-level response range and colour-model pixels from sample tiles."""
+        """Slide-level response range, hematoxylin scale and colour-model pixels from sample
+        tiles."""
         from scipy import ndimage as ndi
 
         from mcf_fast.ops.gdbp import gdbp
@@ -276,6 +278,10 @@ class DetectorPredictor:
         lo = min(float(r.min()) for r in raws)
         hi = max(float(r.max()) for r in raws)
         state: dict[str, Any] = {"response_range": [lo, hi]}
+        if cfg.pseudo_rule == "gated" and cfg.pseudo_nucleus == "hematoxylin":
+            from mcf_fast.ops.pseudo import hematoxylin_levels
+
+            state["hematoxylin_levels"] = list(hematoxylin_levels(list(samples)))
         if not self._uses_colour() or hi <= lo:
             return state
         nuc, bg = [], []
@@ -365,7 +371,9 @@ class DetectorPredictor:
             sn = normalise_response(raw, value_range=(rr[0], rr[1]))
             d = gdbp(sn, p=cfg.gdbp_p, q=cfg.gdbp_q)
             post = self._posterior(rgb) if self._uses_colour() else None
-            centres, _, mask = postprocess(rgb, sn, d, cfg, window=det.window, posterior=post)
+            lv = self.state.get("hematoxylin_levels")
+            opts = {"posterior": post, "h_levels": None if lv is None else tuple(lv)}
+            centres, _, mask = postprocess(rgb, sn, d, cfg, window=det.window, **opts)
             fg = mask == 1
         return np.asarray(centres, np.int64).reshape(-1, 2), fg
 

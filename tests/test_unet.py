@@ -254,3 +254,32 @@ def test_unet_reach_bounds_the_receptive_field(depth):
         if len(ys):  # (a pixel whose ReLUs are all off has no gradient)
             radius = max(radius, int((ys - c - k).abs().max()), int((xs - c - k).abs().max()))
     assert net.reach - 1 <= radius <= net.reach
+
+
+def test_folded_inference_copy_matches_and_follows_training():
+    torch.manual_seed(0)
+    net = UNet(width=4, depth=2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.rand(2, 3, 32, 32)
+
+    def step() -> None:
+        net.train()
+        opt.zero_grad()
+        net(x).square().mean().backward()
+        opt.step()
+
+    step()  # non-trivial running statistics and weights
+    net.eval()
+    folded = net.for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), net(x), atol=1e-5, rtol=1e-4)
+    assert net.for_inference() is folded  # cached while nothing changed
+    step()
+    net.eval()
+    refolded = net.for_inference()
+    assert refolded is not folded  # a training step invalidates the copy
+    with torch.inference_mode():
+        torch.testing.assert_close(refolded(x), net(x), atol=1e-5, rtol=1e-4)
+    assert "_folded" not in dict(net.named_modules())  # not a submodule
+    assert all(not k.startswith("_folded") for k in net.state_dict())

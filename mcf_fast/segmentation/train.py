@@ -625,6 +625,7 @@ def predict_maps(
     dist = np.empty((h, w), np.float32) if with_distance else None
     was_training = net.training
     net.eval()
+    run = net.for_inference() if hasattr(net, "for_inference") else net
 
     def unflip(q: torch.Tensor) -> torch.Tensor:
         if not flips:
@@ -642,7 +643,7 @@ def predict_maps(
                     x = _to_tensor(block[None]).to(device)
                     if flips:
                         x = torch.cat([x, x.flip(3), x.flip(2), x.flip(2, 3)])
-                    logits = net(x)
+                    logits = run(x)
                     keep = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
                     p = unflip(torch.softmax(logits[:, :2], dim=1)[:, 1])
                     out[y0:y1, x0:x1] = p.float().cpu().numpy()[keep]

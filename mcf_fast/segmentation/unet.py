@@ -103,6 +103,35 @@ class UNet(nn.Module):
         """
         return 7 * self.multiple - 5
 
+    def for_inference(self) -> UNet:
+        """An evaluation-mode copy with each batch normalisation folded into its convolution.
+
+        The same function as ``self.eval()`` (to float rounding), about a tenth cheaper on
+        a CPU.  The copy is cached and rebuilt whenever a parameter or buffer has changed
+        since (a training step, a loaded state), so it is never stale.
+        """
+        key = tuple(t._version for t in (*self.parameters(), *self.buffers()))
+        key += tuple(str(t.device) for t in self.parameters())[:1]
+        cached = getattr(self, "_folded", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        folded = UNet(**self.hparams).to(next(self.parameters()).device)
+        folded.load_state_dict(self.state_dict())
+        folded.eval()
+        with torch.no_grad():
+            for block in (*folded.down, *folded.merge):
+                for i in (0, 3):
+                    conv, bn = block[i], block[i + 1]
+                    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                    fused = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1)
+                    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+                    fused.bias.copy_(bn.bias - bn.running_mean * scale)
+                    block[i], block[i + 1] = fused.to(conv.weight.device), nn.Identity()
+        for p in folded.parameters():
+            p.requires_grad_(False)
+        self.__dict__["_folded"] = (key, folded)  # a plain attribute, not a submodule
+        return folded
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (B, n_classes, H, W) for RGB input (B, 3, H, W) in [0, 1]."""
         x = (x - self.mean) / self.std

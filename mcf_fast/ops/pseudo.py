@@ -290,13 +290,18 @@ def hematoxylin_levels(images: np.ndarray | list[np.ndarray]) -> tuple[float, fl
     -------
     (float, float, float)
     """
-    from skimage.filters import threshold_otsu
-
     imgs = [images] if isinstance(images, np.ndarray) else list(images)
     if not imgs:
         raise InputError("hematoxylin_levels: no image given")
     h = np.concatenate([_smoothed_hematoxylin(im).ravel() for im in imgs])
     tissue = ~np.concatenate([white_space(im).ravel() for im in imgs])
+    return _levels(h, tissue)
+
+
+def _levels(h: np.ndarray, tissue: np.ndarray) -> tuple[float, float, float]:
+    """:func:`hematoxylin_levels` of a smoothed hematoxylin map and its tissue pixels."""
+    from skimage.filters import threshold_otsu
+
     lo, hi = (float(v) for v in np.percentile(h, [0.5, 99.5]))
     if hi <= lo:
         return lo, hi, 1.0
@@ -312,8 +317,8 @@ def _hematoxylin_maps(
     image: np.ndarray, levels: tuple[float, float, float] | None, offsets: tuple[float, ...]
 ) -> list[np.ndarray]:
     """The pixels whose stretched hematoxylin exceeds Otsu's level plus each offset."""
-    lo, hi, otsu = hematoxylin_levels(image) if levels is None else levels
     h = _smoothed_hematoxylin(image)
+    lo, hi, otsu = _levels(h, ~white_space(image)) if levels is None else levels
     if hi <= lo:
         return [np.zeros(h.shape, bool) for _ in offsets]
     stretched = (h - lo) / (hi - lo)

@@ -110,12 +110,12 @@ class UNet(nn.Module):
         a CPU.  The copy is cached and rebuilt whenever a parameter or buffer has changed
         since (a training step, a loaded state), so it is never stale.
         """
-        key = tuple(t._version for t in (*self.parameters(), *self.buffers()))
-        key += tuple(str(t.device) for t in self.parameters())[:1]
+        device = next(self.parameters()).device
+        key = (str(device), *(t._version for t in (*self.parameters(), *self.buffers())))
         cached = getattr(self, "_folded", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        folded = UNet(**self.hparams).to(next(self.parameters()).device)
+        folded = UNet(**self.hparams).to(device)
         folded.load_state_dict(self.state_dict())
         folded.eval()
         with torch.no_grad():
@@ -126,7 +126,7 @@ class UNet(nn.Module):
                     fused = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1)
                     fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
                     fused.bias.copy_(bn.bias - bn.running_mean * scale)
-                    block[i], block[i + 1] = fused.to(conv.weight.device), nn.Identity()
+                    block[i], block[i + 1] = fused.to(device), nn.Identity()
         for p in folded.parameters():
             p.requires_grad_(False)
         self.__dict__["_folded"] = (key, folded)  # a plain attribute, not a submodule

@@ -304,7 +304,7 @@ class SegmentationConfig:
     #: distance map, height shape_h; needs target="distance"); see
     #: mcf_fast.ops.instances for the comparison
     instance_seeds: str = "hmaxima"
-    instance_h: float = 1.0
+    instance_h: float = 0.5
     #: what the network learns besides the nucleus mask (ours): "binary" (the mask alone,
     #: the paper's target) or "distance" (also each confident nucleus pixel's distance to
     #: its pseudo instance's edge, normalised to 1 at its centre; mcf_fast.ops.shape)

@@ -31,8 +31,8 @@
   - instance labelling (h-maxima seeds, ``min_nucleus_area`` = 50), chosen on the 30 train
     images (see :mod:`mcf_fast.ops.instances`); h-maxima height ``instance_h`` = 0.5 rather
     than 1.0, chosen on the train hold-outs (``benchmarks/holdout.py``, prediction-time
-    variants of the same fitted networks): in all 6 fits (CoNSeP and MoNuSeg, seeds 0 and 1,
-    ``pseudo_h_offset`` 0 and 0.05) AJI rose by 0.9-1.8 points and F1@12 by 0.05-3.0, Dice
+    variants of the same fitted networks): in all 8 fits (CoNSeP and MoNuSeg, seeds 0 and 1,
+    ``pseudo_h_offset`` 0 and 0.05) AJI rose by 0.9-2.4 points and F1@12 by 0.05-3.0, Dice
     within 0.15 (docs/evaluation.md);
   - unknown pixels count as background with weight 0.1 in the confidence loss
     (``unknown_weight``), colour augmentation ``augment_colour=0.1``, no self-finetuning

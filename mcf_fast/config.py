@@ -317,6 +317,10 @@ class SegmentationConfig:
     #: inference tile side and test-time flips (ours)
     tile: int = 1024
     tta_flips: bool = False
+    #: arithmetic of the U-Net at prediction time: "float32", "bfloat16" or "auto"
+    #: (bfloat16 where the CPU or GPU computes it natively); training stays float32.  See
+    #: docs/performance.md, "U-Net in bfloat16" (ours)
+    precision: str = "auto"
     #: colour augmentation of training crops: per-channel gain in 1 +- a, offset +- 64 a (ours)
     augment_colour: float = 0.0
     #: stain augmentation of training crops: the hematoxylin and eosin concentrations
@@ -381,6 +385,13 @@ class SegmentationConfig:
             "synthetic_scale",
             lo_hi,
             "(low, high) with 0 < low <= high",
+        )
+        _check(
+            self.precision in ("float32", "bfloat16", "auto"),
+            c,
+            "precision",
+            self.precision,
+            'one of "float32", "bfloat16", "auto"',
         )
         for name in ("templates_per_round", "tile"):
             _positive_int(c, name, getattr(self, name))

@@ -11,7 +11,11 @@ from scipy import ndimage
 from skimage.morphology import reconstruction
 from skimage.segmentation import watershed
 
-from mcf_fast.kernels.instances import reconstruct_dilation_kernel
+from mcf_fast.kernels.instances import (
+    component_order,
+    flood_kernel,
+    reconstruct_dilation_kernel,
+)
 from mcf_fast.ops.instances import _relabel, fill_holes, hmaxima_markers, instance_labels
 
 
@@ -71,6 +75,34 @@ def test_reconstruction_kernel_keeps_regions_apart():
     work = np.empty(4, np.int64), np.empty(4, np.int64), np.empty(4)
     reconstruct_dilation_kernel(order, f.ravel(), g.ravel(), region.ravel(), 2, *work, out)
     assert out.tolist() == [4.0, -1.0, -1.0, 0.0]
+
+
+def test_component_order_equals_lexsort(rng):
+    region = ndimage.label(rng.random((60, 70)) > 0.4)[0].astype(np.int32)
+    f = np.round(rng.random(region.shape) * 8)  # many ties: row-major order must hold
+    flat, r = f.ravel(), region.ravel()
+    order, start = component_order(r, flat, int(r.max()))
+    idx = np.flatnonzero(r)
+    np.testing.assert_array_equal(order, idx[np.lexsort((-flat[idx], r[idx]))])
+    assert start[0] == start[1] == 0 and start[-1] == idx.size
+    np.testing.assert_array_equal(np.diff(start)[1:], np.bincount(r)[1:])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_flood_kernel_equals_skimage_watershed(seed):
+    rng = np.random.default_rng(seed)
+    region = ndimage.label(ndimage.gaussian_filter(rng.random((80, 90)), 2) > 0.5)[0]
+    region = region.astype(np.int32)
+    f = ndimage.gaussian_filter(rng.random(region.shape), 3) + 1e-3 * rng.random(region.shape)
+    markers = np.zeros(region.shape, np.int32)
+    picks = rng.choice(np.flatnonzero(region), 25, replace=False)
+    markers.ravel()[picks] = np.arange(1, 26)
+    order, start = component_order(region.ravel(), f.ravel(), int(region.max()))
+    got = markers.ravel().copy()
+    flood_kernel(f.ravel(), got, region.ravel(), order, start, region.shape[1])
+    want = watershed(-f, markers, mask=region > 0)
+    np.testing.assert_array_equal(got.reshape(region.shape), want)
+    assert len(np.unique(got)) > 10
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -579,7 +579,9 @@ def test_calibrated_model_with_hmaxima_seeds_never_runs_the_detector(tiny_fit):
     tile = img[:, 20:90]
     labels, centres = cal.predict_tile(tile)
     norm = model.stain.transform(tile, source=state["stain_source"])
-    prob = predict_proba(model.net, norm, device="cpu", tile=seg.tile, flips=seg.tta_flips)
+    prob = predict_proba(
+        model.net, norm, device="cpu", tile=seg.tile, flips=seg.tta_flips, precision=seg.precision
+    )
     expected = instance_labels(
         prob,
         threshold=seg.threshold,
@@ -623,7 +625,9 @@ def test_calibrated_model_with_centre_seeds_uses_the_calibrated_detector(tiny_fi
     norm = model.stain.transform(img, source=state["stain_source"])
     centres, _ = DetectorPredictor(det, state=state["detector"]).detect(norm)
     assert len(centres) >= 5
-    prob = predict_proba(model.net, norm, device="cpu", tile=seg.tile, flips=seg.tta_flips)
+    prob = predict_proba(
+        model.net, norm, device="cpu", tile=seg.tile, flips=seg.tta_flips, precision=seg.precision
+    )
     expected = instance_labels(
         prob,
         centres=centres,

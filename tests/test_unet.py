@@ -16,6 +16,7 @@ from mcf_fast.segmentation.train import (
     SyntheticSampler,
     build_unet,
     dihedral,
+    inference_dtype,
     predict_proba,
     segmentation_loss,
     self_targets,
@@ -191,6 +192,28 @@ def test_tiled_inference_equals_whole_image():
     assert not np.allclose(whole, seams, atol=1e-3)
     # the default halo is the network's reach on its pooling grid (23 -> 24 at depth 2)
     assert np.allclose(whole, predict_proba(net, img, tile=32), atol=1e-5)
+
+
+def test_bfloat16_inference_is_close_and_checked(monkeypatch):
+    net = build_unet(SegmentationConfig(width=4, depth=2), seed=0)
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    full = predict_proba(net, img)
+    half = predict_proba(net, img, precision="bfloat16")
+    assert half.dtype == np.float32
+    # bfloat16 keeps 8 bits of mantissa: close to float32, but not the same numbers
+    assert np.abs(half - full).max() < 0.05
+    assert not np.array_equal(half, full)
+    assert inference_dtype("float32") == torch.float32
+    assert inference_dtype("bfloat16") == torch.bfloat16
+    # "auto" follows what the CPU computes natively
+    for native, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda n=native: n)
+        assert inference_dtype("auto", "cpu") == want
+    with pytest.raises(ConfigError, match="precision = 'half'"):
+        predict_proba(net, img, precision="half")
+    with pytest.raises(ConfigError, match="precision"):
+        SegmentationConfig(precision="float16")
 
 
 def test_flips_are_equivariant():

@@ -332,7 +332,14 @@ def _run_supervised(ctx: Context, *, stain: str, normalizer: Any, folder: str) -
     fit_s = time.perf_counter() - t0
 
     def predict(i: int, image: np.ndarray) -> tuple[np.ndarray, None]:
-        p1, energy = predict_maps(net, image, device=seg.device, tile=seg.tile, flips=seg.tta_flips)
+        p1, energy = predict_maps(
+            net,
+            image,
+            device=seg.device,
+            tile=seg.tile,
+            flips=seg.tta_flips,
+            precision=seg.precision,
+        )
         # 0.5: trained on full masks, its probability has no unknown-pixel bias to offset
         options = {**label_options(seg, energy=energy is not None), "threshold": 0.5}
         labels = instance_labels(p1, energy=energy, **options)

@@ -191,7 +191,12 @@ class MCFModel:
         energy = None
         if self.net is not None:
             prob, energy = predict_maps(
-                self.net, img, device=seg.device, tile=seg.tile, flips=seg.tta_flips
+                self.net,
+                img,
+                device=seg.device,
+                tile=seg.tile,
+                flips=seg.tta_flips,
+                precision=seg.precision,
             )
             fg = prob
         else:

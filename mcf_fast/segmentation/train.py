@@ -48,6 +48,7 @@ __all__ = [
     "deterministic",
     "distance_loss",
     "dihedral",
+    "inference_dtype",
     "jitter_stain",
     "predict_maps",
     "predict_proba",
@@ -550,6 +551,37 @@ def _pad_to(a: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(a, ((0, ph), (0, pw), (0, 0)), mode=mode)
 
 
+#: what :func:`predict_maps` accepts as ``precision``
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+def inference_dtype(precision: str, device: str | torch.device = "cpu") -> torch.dtype:
+    """The arithmetic of a network pass: ``torch.float32`` or ``torch.bfloat16``.
+
+    ``"bfloat16"`` runs the convolutions in bfloat16 (``torch.autocast``; the probabilities
+    stay float32); ``"auto"`` chooses it only where the device computes it natively (a CPU
+    with AVX-512 BF16 or AMX as oneDNN reports it, a GPU with bfloat16 support) and float32
+    elsewhere, where emulated bfloat16 would be slower than float32.
+
+    Raises
+    ------
+    ConfigError
+        For another value.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision = {precision!r}: expected one of {PRECISIONS}")
+    if precision == "float32":
+        return torch.float32
+    if precision == "bfloat16":
+        return torch.bfloat16
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        native = dev.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return torch.bfloat16 if native else torch.float32
+
+
 def predict_proba(
     net: torch.nn.Module,
     image: np.ndarray,
@@ -558,6 +590,7 @@ def predict_proba(
     tile: int = 512,
     flips: bool = False,
     halo: int | None = None,
+    precision: str = "float32",
 ) -> np.ndarray:
     """Nucleus probability p1 of every pixel, by tiles with an overlap margin.
 
@@ -580,13 +613,17 @@ def predict_proba(
         Overlap margin in pixels; default: the network's receptive-field radius
         (``net.reach``, 106 px at depth 4) rounded up to a multiple of ``2 ** depth``, so
         that tiled and whole-image probabilities agree (64 without ``reach``).
+    precision : {"float32", "bfloat16", "auto"}
+        Arithmetic of the network pass (see :func:`inference_dtype`).
 
     Returns
     -------
     ndarray, shape (H, W), float32
         Foreground probability in [0, 1].
     """
-    return predict_maps(net, image, device=device, tile=tile, flips=flips, halo=halo)[0]
+    return predict_maps(
+        net, image, device=device, tile=tile, flips=flips, halo=halo, precision=precision
+    )[0]
 
 
 def predict_maps(
@@ -597,6 +634,7 @@ def predict_maps(
     tile: int = 512,
     flips: bool = False,
     halo: int | None = None,
+    precision: str = "float32",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The nucleus probability and, for a network with a distance channel, its distance map.
 
@@ -620,6 +658,11 @@ def predict_maps(
         )
     h, w = img.shape[:2]
     device = torch.device(device)
+    dtype = inference_dtype(precision, device)
+    if dtype == torch.float32:
+        arithmetic = contextlib.nullcontext()
+    else:
+        arithmetic = torch.autocast(device.type, dtype=dtype)
     with_distance = getattr(net, "hparams", {}).get("n_classes", 2) >= 3
     out = np.empty((h, w), np.float32)
     dist = np.empty((h, w), np.float32) if with_distance else None
@@ -633,7 +676,7 @@ def predict_maps(
         return (q[0] + q[1].flip(1) + q[2].flip(0) + q[3].flip(0, 1)) / 4.0
 
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), arithmetic:
             for y0 in range(0, h, tile):
                 for x0 in range(0, w, tile):
                     y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
@@ -643,7 +686,7 @@ def predict_maps(
                     x = _to_tensor(block[None]).to(device)
                     if flips:
                         x = torch.cat([x, x.flip(3), x.flip(2), x.flip(2, 3)])
-                    logits = run(x)
+                    logits = run(x).float()
                     keep = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
                     p = unflip(torch.softmax(logits[:, :2], dim=1)[:, 1])
                     out[y0:y1, x0:x1] = p.float().cpu().numpy()[keep]

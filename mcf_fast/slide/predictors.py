@@ -635,6 +635,7 @@ class ModelPredictor:
                 tile=seg.tile,
                 flips=seg.tta_flips,
                 halo=self._proba_halo,
+                precision=seg.precision,
             )
         else:
             fg = np.asarray(nucleus, np.float32)

@@ -8,9 +8,10 @@ writes a JSON with ``--out``.
 Rows:
 - ``predict``: the whole `MCFModel.predict` (blank check, stain transform, U-Net, instance
   labels, per-nucleus table), as a user calls it;
-- its stages: the U-Net maps (``predict_maps``, batch normalisation folded into the
-  convolutions by ``UNet.for_inference``; beside it the same network unfolded), the instance
-  labels (``instance_labels``) and the per-nucleus table (``nucleus_table``);
+- its stages: the U-Net maps (``predict_maps`` at the bundle's ``precision``, batch
+  normalisation folded into the convolutions by ``UNet.for_inference``; beside it the same
+  in float32, and unfolded), the instance labels (``instance_labels``; beside them the same
+  split flooded by scikit-image's watershed) and the per-nucleus table (``nucleus_table``);
 - ``detect``: the bundle's detector on the same tile, which ``predict`` skips unless the
   seeds need it (``instance_seeds="centres"``) or ``detect=True`` asks for it;
 - the watershed baseline on the image (``watershed_nuclei``, zero clicks).
@@ -50,7 +51,7 @@ def main() -> None:
     from mcf_fast.framework.model import MCFModel
     from mcf_fast.io.datasets import FolderDataset
     from mcf_fast.ops.instances import instance_labels, label_options, nucleus_table
-    from mcf_fast.segmentation.train import predict_maps
+    from mcf_fast.segmentation.train import inference_dtype, predict_maps
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -64,7 +65,24 @@ def main() -> None:
     state: dict = {}
 
     def maps() -> None:
-        state["maps"] = predict_maps(model.net, img, device=seg.device, tile=seg.tile)
+        state["maps"] = predict_maps(
+            model.net, img, device=seg.device, tile=seg.tile, precision=seg.precision
+        )
+
+    def skimage_labels() -> None:  # the h-maxima split with scikit-image's flood
+        from scipy import ndimage
+        from skimage.segmentation import watershed
+
+        from mcf_fast.ops.instances import _relabel, fill_holes, hmaxima_markers
+
+        prob = state["maps"][0]
+        comps = _relabel(ndimage.label(fill_holes(prob > seg.threshold))[0], seg.min_nucleus_area)
+        mask = comps > 0
+        dist = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask), 1.0)
+        markers = hmaxima_markers(dist, comps, h=seg.instance_h)
+        state["skimage"] = _relabel(
+            watershed(-dist, markers, mask=mask).astype(np.int32), seg.min_nucleus_area
+        )
 
     def labels() -> None:
         prob, energy = state["maps"]
@@ -83,11 +101,15 @@ def main() -> None:
     unfolded = Unfolded(model.net)
     rows = {
         "`MCFModel.predict` (whole)": lambda: model.predict(img),
-        "- U-Net maps (`predict_maps`)": maps,
-        "  (the same, batch norm not folded)": lambda: predict_maps(
-            unfolded, img, device=seg.device, tile=seg.tile
+        f"- U-Net maps (`predict_maps`, {seg.precision})": maps,
+        "  (the same in float32)": lambda: predict_maps(
+            model.net, img, device=seg.device, tile=seg.tile, precision="float32"
+        ),
+        "  (float32, batch norm not folded)": lambda: predict_maps(
+            unfolded, img, device=seg.device, tile=seg.tile, precision="float32"
         ),
         "- instance labels (`instance_labels`)": labels,
+        "  (the same split, scikit-image's watershed)": skimage_labels,
         "- per-nucleus table (`nucleus_table`)": lambda: nucleus_table(state["labels"], img),
         "detector (`Detector.detect`, skipped by `predict`)": lambda: model.detector.detect(img),
         "watershed baseline (`watershed_nuclei`)": lambda: watershed_nuclei(img),
@@ -102,12 +124,17 @@ def main() -> None:
             fn()
             times[name].append(time.perf_counter() - t0)
     med = {k: float(np.median(v)) for k, v in times.items()}
+    same = bool(
+        seg.instance_seeds == "hmaxima" and np.array_equal(state["labels"], state["skimage"])
+    )
     ws = med["watershed baseline (`watershed_nuclei`)"]
     n_templates = len(model.templates)
     print(
         f"{args.image}, {img.shape[1]}x{img.shape[0]}, bundle {args.model} "
         f"({n_templates} templates), {args.rounds} rounds, torch threads "
-        f"{torch.get_num_threads()}, load average {load0:.1f} -> {os.getloadavg()[0]:.1f}"
+        f"{torch.get_num_threads()}, load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; "
+        f"precision {seg.precision} ({inference_dtype(seg.precision, seg.device)}); labels "
+        f"equal to scikit-image's flood: {same}"
     )
     print("| computation | median (s) | min (s) | vs. watershed |")
     print("|---|---:|---:|---:|")
@@ -120,6 +147,9 @@ def main() -> None:
             "templates": n_templates,
             "rounds": args.rounds,
             "torch_threads": torch.get_num_threads(),
+            "precision": seg.precision,
+            "dtype": str(inference_dtype(seg.precision, seg.device)),
+            "labels_equal_skimage": same,
             "load_average": [load0, os.getloadavg()[0]],
             "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
             "medians_s": med,

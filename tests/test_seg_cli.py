@@ -160,6 +160,15 @@ def test_fit_then_predict_writes_outputs(data, capsys):
     assert lab2.shape == (192, 192) and lab2.max() == 16  # the 16 nuclei of the 96-px tile
     assert main([*args, "--quiet"]) == 0  # no --mpp: a warning, no resampling
     assert "scale is unknown" in capsys.readouterr().err
+    # float32 and bfloat16 find the same 16 disks; an unknown precision is refused
+    tile0 = str(root / "train" / "images" / "tile0.png")
+    for prec in ("float32", "bfloat16"):
+        out3 = root / f"pred_{prec}"
+        args = ["predict", tile0, "--model", str(model_path), "--out", str(out3), "--quiet"]
+        assert main([*args, "--precision", prec]) == 0
+        assert read_labels(out3 / "tile0.png").max() == 16
+    assert main([*args, "--precision", "half"]) == 2
+    assert "--precision" in capsys.readouterr().err
 
 
 def test_resume_after_interruption_ends_like_uninterrupted(data, monkeypatch, capsys):

@@ -43,6 +43,17 @@ def device_option(help: str = "cpu, cuda or cuda:N."):
     return click.option("--device", default="cpu", show_default=True, help=help)
 
 
+def precision_option():
+    """``--precision``: the arithmetic of the U-Net (default: as the model was configured)."""
+    return click.option(
+        "--precision",
+        type=click.Choice(["float32", "bfloat16", "auto"]),
+        default=None,
+        help="Arithmetic of the U-Net: float32, bfloat16, or auto (bfloat16 where the CPU "
+        "or GPU computes it natively) [default: as the model was configured].",
+    )
+
+
 def quiet_option(*, bars: bool = False, short: bool = False):
     """``--quiet`` (``-q`` too with `short`): no progress bar (`bars`: bars)."""
     names = ("--quiet", "-q") if short else ("--quiet",)

@@ -15,6 +15,7 @@ from mcf_fast.cli.common import (
     device_option,
     gzip_option,
     injected,
+    precision_option,
     quiet_option,
     raise_failures,
     run_batch,
@@ -354,6 +355,7 @@ def predict_rescaled(model, image: np.ndarray, scale: float):
     help="Microns per pixel of the images (the µm measurements; with a model that records "
     "its mpp, images are resampled to the model's scale and results mapped back).",
 )
+@precision_option()
 @gzip_option("<name>")
 @threads_option()
 @click.option(
@@ -363,7 +365,7 @@ def predict_rescaled(model, image: np.ndarray, scale: float):
 )
 @quiet_option(short=True)
 def predict(
-    images, model_path, out, device, flips, mpp, gzip_geojson, threads, resume, quiet
+    images, model_path, out, device, flips, mpp, precision, gzip_geojson, threads, resume, quiet
 ) -> None:
     """Segment IMAGES (files or folders) with a fitted model.
 
@@ -387,12 +389,15 @@ def predict(
         "model": file_digest(model_path),
         "flips": flips,
         "mpp": mpp,
+        "precision": precision,
         "gzip": gzip_geojson,
     }
     with OutputFolder(out, settings=settings) as folder:
         model = MCFModel.load(model_path, device=device, detector_cls=injected("detector_cls"))
-        if flips is not None:
-            seg = dataclasses.replace(model.config.segmentation, tta_flips=flips)
+        changes = {"tta_flips": flips, "precision": precision}
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if changes:
+            seg = dataclasses.replace(model.config.segmentation, **changes)
             model.config = dataclasses.replace(model.config, segmentation=seg)
         scale = _scale_to_model(model, mpp)
         total, skipped = 0, 0

@@ -51,7 +51,8 @@ def main() -> None:
     from mcf_fast.framework.model import MCFModel
     from mcf_fast.io.datasets import FolderDataset
     from mcf_fast.ops.instances import instance_labels, label_options, nucleus_table
-    from mcf_fast.segmentation.train import inference_dtype, predict_maps
+    from mcf_fast.segmentation.precision import inference_dtype
+    from mcf_fast.segmentation.train import predict_maps
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -321,6 +321,9 @@ class SegmentationConfig:
     #: (bfloat16 where the CPU or GPU computes it natively); training stays float32.  See
     #: docs/performance.md, "U-Net in bfloat16" (ours)
     precision: str = "auto"
+    #: arithmetic of the U-Net's training steps: "float32", "bfloat16" (autocast, the loss
+    #: in float32) or "auto" (bfloat16 where native); see docs/performance.md (ours)
+    train_precision: str = "float32"
     #: colour augmentation of training crops: per-channel gain in 1 +- a, offset +- 64 a (ours)
     augment_colour: float = 0.0
     #: stain augmentation of training crops: the hematoxylin and eosin concentrations
@@ -386,13 +389,14 @@ class SegmentationConfig:
             lo_hi,
             "(low, high) with 0 < low <= high",
         )
-        _check(
-            self.precision in ("float32", "bfloat16", "auto"),
-            c,
-            "precision",
-            self.precision,
-            'one of "float32", "bfloat16", "auto"',
-        )
+        for name in ("precision", "train_precision"):
+            _check(
+                getattr(self, name) in ("float32", "bfloat16", "auto"),
+                c,
+                name,
+                getattr(self, name),
+                'one of "float32", "bfloat16", "auto"',
+            )
         for name in ("templates_per_round", "tile"):
             _positive_int(c, name, getattr(self, name))
         _check(

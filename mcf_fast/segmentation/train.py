@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from mcf_fast.config import SegmentationConfig
 from mcf_fast.errors import ConfigError, InputError
 from mcf_fast.io.images import as_rgb_uint8
+from mcf_fast.segmentation.precision import inference_dtype
 from mcf_fast.segmentation.unet import UNet
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
     "deterministic",
     "distance_loss",
     "dihedral",
-    "inference_dtype",
     "jitter_stain",
     "predict_maps",
     "predict_proba",
@@ -510,6 +510,7 @@ def train_unet(
     n_real = config.batch_size - n_syn
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     channels = 2 if distances is not None else 1
+    dtype = inference_dtype(getattr(config, "train_precision", "float32"), device)
     for _ in bar:
         xb = np.empty((config.batch_size, size, size, 3), np.uint8)
         yb = np.full((config.batch_size, size, size, channels), np.nan, np.float32)
@@ -526,7 +527,12 @@ def train_unet(
             xb = _jitter_colour(xb, config.augment_colour, rng)
         x = _to_tensor(xb).to(device)
         y = torch.from_numpy(yb).to(device)
-        out = net(x)
+        if dtype == torch.float32:
+            out = net(x)
+        else:  # the convolutions in bfloat16, the loss in float32
+            with torch.autocast(device.type, dtype=dtype):
+                out = net(x)
+            out = out.float()
         value = segmentation_loss(out[:, :2], y[..., 0], loss=loss, unknown_weight=unknown_weight)
         if distances is not None and config.distance_weight > 0:
             value = value + config.distance_weight * distance_loss(out[:, 2], y[..., 1])
@@ -549,37 +555,6 @@ def _pad_to(a: np.ndarray, multiple: int) -> np.ndarray:
         return a
     mode = "reflect" if ph < h and pw < w else "edge"
     return np.pad(a, ((0, ph), (0, pw), (0, 0)), mode=mode)
-
-
-#: what :func:`predict_maps` accepts as ``precision``
-PRECISIONS = ("float32", "bfloat16", "auto")
-
-
-def inference_dtype(precision: str, device: str | torch.device = "cpu") -> torch.dtype:
-    """The arithmetic of a network pass: ``torch.float32`` or ``torch.bfloat16``.
-
-    ``"bfloat16"`` runs the convolutions in bfloat16 (``torch.autocast``; the probabilities
-    stay float32); ``"auto"`` chooses it only where the device computes it natively (a CPU
-    with AVX-512 BF16 or AMX as oneDNN reports it, a GPU with bfloat16 support) and float32
-    elsewhere, where emulated bfloat16 would be slower than float32.
-
-    Raises
-    ------
-    ConfigError
-        For another value.
-    """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision = {precision!r}: expected one of {PRECISIONS}")
-    if precision == "float32":
-        return torch.float32
-    if precision == "bfloat16":
-        return torch.bfloat16
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    else:
-        native = dev.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return torch.bfloat16 if native else torch.float32
 
 
 def predict_proba(

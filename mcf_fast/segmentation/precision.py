@@ -1,0 +1,44 @@
+"""The arithmetic of the U-Net's passes: float32, or bfloat16 where the hardware has it.
+
+``SegmentationConfig.precision`` (prediction) and ``train_precision`` (training steps) take
+one of :data:`PRECISIONS`; :func:`inference_dtype` turns it into a torch dtype for the
+device at hand.  The accuracy and speed of bfloat16 are in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mcf_fast.errors import ConfigError
+
+__all__ = ["PRECISIONS", "inference_dtype"]
+
+#: what :func:`predict_maps` accepts as ``precision``
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+def inference_dtype(precision: str, device: str | torch.device = "cpu") -> torch.dtype:
+    """The arithmetic of a network pass: ``torch.float32`` or ``torch.bfloat16``.
+
+    ``"bfloat16"`` runs the convolutions in bfloat16 (``torch.autocast``; the probabilities
+    stay float32); ``"auto"`` chooses it only where the device computes it natively (a CPU
+    with AVX-512 BF16 or AMX as oneDNN reports it, a GPU with bfloat16 support) and float32
+    elsewhere, where emulated bfloat16 would be slower than float32.
+
+    Raises
+    ------
+    ConfigError
+        For another value.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision = {precision!r}: expected one of {PRECISIONS}")
+    if precision == "float32":
+        return torch.float32
+    if precision == "bfloat16":
+        return torch.bfloat16
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        native = dev.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return torch.bfloat16 if native else torch.float32

@@ -77,21 +77,11 @@ def main() -> None:
                 if first is None:
                     first = probs
                 else:
-                    row["max_abs_prob_diff"] = round(
-                        max(float(np.abs(a - b).max()) for a, b in zip(probs, first, strict=True)),
-                        5,
-                    )
-                    row["pixels_changed_side"] = round(
-                        float(
-                            np.mean(
-                                [
-                                    np.mean((a > 0.5) != (b > 0.5))
-                                    for a, b in zip(probs, first, strict=True)
-                                ]
-                            )
-                        ),
-                        6,
-                    )
+                    pairs = list(zip(probs, first, strict=True))
+                    diff = max(float(np.abs(a - b).max()) for a, b in pairs)
+                    side = np.mean([np.mean((a > 0.5) != (b > 0.5)) for a, b in pairs])
+                    row["max_abs_prob_diff"] = round(diff, 5)
+                    row["pixels_changed_side"] = round(float(side), 6)
                 print(json.dumps(row), flush=True)
 
 

@@ -17,7 +17,11 @@ from typing import Any
 from mcf_fast._validate import is_device
 from mcf_fast.errors import ConfigError
 
-__all__ = ["DetectionConfig", "SegmentationConfig", "MCFConfig", "config_to_dict"]
+__all__ = ["PRECISIONS", "DetectionConfig", "SegmentationConfig", "MCFConfig", "config_to_dict"]
+
+#: the arithmetics of the U-Net (``SegmentationConfig.precision`` and ``train_precision``):
+#: float32, bfloat16, or bfloat16 where the device computes it natively
+PRECISIONS = ("float32", "bfloat16", "auto")
 
 
 def _check(ok: bool, cls: str, name: str, value: Any, expected: str) -> None:
@@ -318,8 +322,8 @@ class SegmentationConfig:
     tile: int = 1024
     tta_flips: bool = False
     #: arithmetic of the U-Net at prediction time: "float32", "bfloat16" or "auto"
-    #: (bfloat16 where the CPU or GPU computes it natively); training stays float32.  See
-    #: docs/performance.md, "U-Net in bfloat16" (ours)
+    #: (bfloat16 where the CPU or GPU computes it natively; training has its own
+    #: train_precision).  See docs/performance.md, "U-Net in bfloat16" (ours)
     precision: str = "auto"
     #: arithmetic of the U-Net's training steps: "float32", "bfloat16" (autocast, the loss
     #: in float32) or "auto" (bfloat16 where native); see docs/performance.md (ours)
@@ -391,11 +395,11 @@ class SegmentationConfig:
         )
         for name in ("precision", "train_precision"):
             _check(
-                getattr(self, name) in ("float32", "bfloat16", "auto"),
+                getattr(self, name) in PRECISIONS,
                 c,
                 name,
                 getattr(self, name),
-                'one of "float32", "bfloat16", "auto"',
+                f"one of {', '.join(PRECISIONS)}",
             )
         for name in ("templates_per_round", "tile"):
             _positive_int(c, name, getattr(self, name))

@@ -25,9 +25,9 @@
     0.4, 0.5, 0.6, 0.7 of the same fitted networks, CoNSeP and MoNuSeg, seeds 0 and 1): against
     0.5, AJI rose in all four fits (+0.5 to +3.6 points), F1@12 and PQ rose or held, Dice
     moved by -0.6 to +0.2; 0.7 raised AJI further but cost 0.3-1.5 Dice in every fit, 0.4
-    was worse or equal everywhere (docs/evaluation.md).  Before it, 0.5: an earlier choice of 0.3
-    (15 MoNuSeg train images, with the
-    earlier white-space-only background) did not survive the documented hold-out: on the
+    was worse or equal everywhere (docs/evaluation.md).  Before it, 0.5: an earlier choice
+    of 0.3 (15 MoNuSeg train images, with the earlier white-space-only background) did not
+    survive the documented hold-out: on the
     train hold-outs of MoNuSeg and CoNSeP (``benchmarks/holdout.py --per-round``, seed 0,
     the same fitted networks scored at both thresholds) 0.5 scored higher on Dice, AJI,
     F1@12 and PQ on CoNSeP in both rounds (round 2: Dice 0.714 / 0.698, AJI 0.145 / 0.099)

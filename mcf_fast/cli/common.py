@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from mcf_fast._validate import cuda_missing, is_device
+from mcf_fast.config import PRECISIONS
 from mcf_fast.errors import InputError, McfError
 from mcf_fast.io.images import IMAGE_SUFFIXES
 
@@ -47,7 +48,7 @@ def precision_option():
     """``--precision``: the arithmetic of the U-Net (default: as the model was configured)."""
     return click.option(
         "--precision",
-        type=click.Choice(["float32", "bfloat16", "auto"]),
+        type=click.Choice(PRECISIONS),
         default=None,
         help="Arithmetic of the U-Net: float32, bfloat16, or auto (bfloat16 where the CPU "
         "or GPU computes it natively) [default: as the model was configured].",

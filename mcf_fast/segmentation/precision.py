@@ -2,19 +2,20 @@
 
 ``SegmentationConfig.precision`` (prediction) and ``train_precision`` (training steps) take
 one of :data:`PRECISIONS`; :func:`inference_dtype` turns it into a torch dtype for the
-device at hand.  The accuracy and speed of bfloat16 are in docs/performance.md.
+device at hand and :func:`arithmetic` into the context a pass runs in.  The accuracy and
+speed of bfloat16 are in docs/performance.md.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
+from mcf_fast.config import PRECISIONS
 from mcf_fast.errors import ConfigError
 
-__all__ = ["PRECISIONS", "inference_dtype"]
-
-#: what :func:`predict_maps` accepts as ``precision``
-PRECISIONS = ("float32", "bfloat16", "auto")
+__all__ = ["PRECISIONS", "arithmetic", "inference_dtype"]
 
 
 def inference_dtype(precision: str, device: str | torch.device = "cpu") -> torch.dtype:
@@ -42,3 +43,18 @@ def inference_dtype(precision: str, device: str | torch.device = "cpu") -> torch
     else:
         native = dev.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return torch.bfloat16 if native else torch.float32
+
+
+def arithmetic(precision: str, device: str | torch.device = "cpu"):
+    """The context a network pass runs in: none for float32, ``torch.autocast`` otherwise.
+
+    Raises
+    ------
+    ConfigError
+        For a ``precision`` outside :data:`PRECISIONS`.
+    """
+    dev = torch.device(device)
+    dtype = inference_dtype(precision, dev)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(dev.type, dtype=dtype)

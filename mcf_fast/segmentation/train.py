@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from mcf_fast.config import SegmentationConfig
 from mcf_fast.errors import ConfigError, InputError
 from mcf_fast.io.images import as_rgb_uint8
-from mcf_fast.segmentation.precision import inference_dtype
+from mcf_fast.segmentation.precision import arithmetic
 from mcf_fast.segmentation.unet import UNet
 
 __all__ = [
@@ -510,7 +510,6 @@ def train_unet(
     n_real = config.batch_size - n_syn
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     channels = 2 if distances is not None else 1
-    dtype = inference_dtype(getattr(config, "train_precision", "float32"), device)
     for _ in bar:
         xb = np.empty((config.batch_size, size, size, 3), np.uint8)
         yb = np.full((config.batch_size, size, size, channels), np.nan, np.float32)
@@ -527,12 +526,9 @@ def train_unet(
             xb = _jitter_colour(xb, config.augment_colour, rng)
         x = _to_tensor(xb).to(device)
         y = torch.from_numpy(yb).to(device)
-        if dtype == torch.float32:
+        with arithmetic(config.train_precision, device):
             out = net(x)
-        else:  # the convolutions in bfloat16, the loss in float32
-            with torch.autocast(device.type, dtype=dtype):
-                out = net(x)
-            out = out.float()
+        out = out.float()  # the loss in float32 (a no-op for float32 steps)
         value = segmentation_loss(out[:, :2], y[..., 0], loss=loss, unknown_weight=unknown_weight)
         if distances is not None and config.distance_weight > 0:
             value = value + config.distance_weight * distance_loss(out[:, 2], y[..., 1])
@@ -589,7 +585,8 @@ def predict_proba(
         (``net.reach``, 106 px at depth 4) rounded up to a multiple of ``2 ** depth``, so
         that tiled and whole-image probabilities agree (64 without ``reach``).
     precision : {"float32", "bfloat16", "auto"}
-        Arithmetic of the network pass (see :func:`inference_dtype`).
+        Arithmetic of the network pass (see
+        :func:`mcf_fast.segmentation.precision.inference_dtype`).
 
     Returns
     -------
@@ -633,11 +630,7 @@ def predict_maps(
         )
     h, w = img.shape[:2]
     device = torch.device(device)
-    dtype = inference_dtype(precision, device)
-    if dtype == torch.float32:
-        arithmetic = contextlib.nullcontext()
-    else:
-        arithmetic = torch.autocast(device.type, dtype=dtype)
+    context = arithmetic(precision, device)
     with_distance = getattr(net, "hparams", {}).get("n_classes", 2) >= 3
     out = np.empty((h, w), np.float32)
     dist = np.empty((h, w), np.float32) if with_distance else None
@@ -651,7 +644,7 @@ def predict_maps(
         return (q[0] + q[1].flip(1) + q[2].flip(0) + q[3].flip(0, 1)) / 4.0
 
     try:
-        with torch.inference_mode(), arithmetic:
+        with torch.inference_mode(), context:
             for y0 in range(0, h, tile):
                 for x0 in range(0, w, tile):
                     y1, x1 = min(h, y0 + tile), min(w, x0 + tile)

@@ -76,11 +76,10 @@ def measure_nuclei(
     Raises
     ------
     InputError
-        If ``centres`` does not have one row per id or ``probability`` has another shape.
+        If ``centres`` does not have one row per id, ``rgb`` is not uint8 pixels of the
+        labels' shape or ``probability`` has another shape.
     """
-    from scipy import ndimage as ndi
     from skimage.color import hed_from_rgb
-    from skimage.measure import find_contours
 
     lab = np.asarray(labels)
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -89,74 +88,40 @@ def measure_nuclei(
     if cen.shape[0] != n:
         raise InputError(f"centres: expected {n} rows, got {cen.shape[0]}")
     h, w = lab.shape
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[:2] != (h, w) or rgb.shape[2] < 3:
+        raise InputError(
+            f"rgb: expected uint8 pixels of shape ({h}, {w}, 3) like the labels, "
+            f"got {rgb.dtype} {rgb.shape}"
+        )
     if probability is not None and np.shape(probability) != (h, w):
         raise InputError(
             f"probability: shape {np.shape(probability)} does not match labels {lab.shape}"
         )
     oy, ox = origin
-    lab32 = lab.astype(np.int32, copy=False)
-    boxes = ndi.find_objects(lab32, max_label=n) if n else []
-    moments = _moments(lab32, n)
-    area = moments[0]
+    lab32 = np.ascontiguousarray(lab, dtype=np.int32)
+    sums = _label_sums(lab32, rgb, probability, n)
+    area = sums[:, 0]
     safe = np.maximum(area, 1.0)
-    com = np.stack([moments[1] / safe, moments[2] / safe], axis=1)
-    major, minor, ecc = _ellipse(moments)
-
-    def mean_of(values: np.ndarray) -> np.ndarray:
-        sums = np.bincount(lab32.ravel(), weights=values.ravel(), minlength=n + 1)[1 : n + 1]
-        return np.where(area > 0, sums / safe, np.nan)
-
-    means = [mean_of(rgb[:, :, ch].astype(np.float64)) for ch in range(3)] if n else []
-    if n:
-        od = -np.log10((rgb[:, :, :3].astype(np.float64) + 1.0) / 256.0)
-        hed = od @ hed_from_rgb
-        od_h, od_e = mean_of(hed[:, :, 0]), mean_of(hed[:, :, 1])
-        prob = (
-            mean_of(np.asarray(probability, np.float64))
-            if probability is not None
-            else np.full(n, np.nan)
-        )
-    else:
-        means = [np.zeros(0)] * 3
-        od_h = od_e = prob = np.zeros(0)
+    com = np.stack([sums[:, 1] / safe, sums[:, 2] / safe], axis=1)
+    major, minor, ecc = _ellipse(sums[:, :6].T)
+    mean = np.where(area[:, None] > 0, sums[:, 6:] / safe[:, None], np.nan)
+    means = [mean[:, 0], mean[:, 1], mean[:, 2]]
+    # the unmixing is linear: unmix the per-channel means of the optical densities
+    od_h = mean[:, 3:6] @ hed_from_rgb[:, 0]
+    od_e = mean[:, 3:6] @ hed_from_rgb[:, 1]
+    prob = mean[:, 6] if probability is not None else np.full(n, np.nan)
     edges = np.zeros(4, bool)  # top, left, bottom, right read edges inside the slide
     if read_box is not None and slide_shape is not None:
         ry0, rx0, ry1, rx1 = read_box
         edges[:] = (ry0 > 0, rx0 > 0, ry1 < slide_shape[0], rx1 < slide_shape[1])
-    clipped = np.zeros(n, bool)
-    perim = np.zeros(n)
-    solidity = np.ones(n)
-    rings: list[np.ndarray] = []
-    for j in range(n):
-        box = boxes[j] if j < len(boxes) else None
-        if box is None:  # an id with no pixels: outline the centre pixel
-            cy, cx = np.floor(cen[j] + 0.5) - (oy, ox)
-            ring = np.array(
-                [[cy, cx], [cy, cx + 1], [cy + 1, cx + 1], [cy + 1, cx], [cy, cx]], dtype=np.float64
-            )
-        else:
-            sy, sx = box
-            clipped[j] = (
-                (edges[0] and sy.start == 0)
-                or (edges[1] and sx.start == 0)
-                or (edges[2] and sy.stop == h)
-                or (edges[3] and sx.stop == w)
-            )
-            m = np.pad(lab[sy, sx] == j + 1, 1).astype(np.float32)
-            contours = find_contours(m, 0.5)
-            ring = max(contours, key=len) if contours else np.zeros((0, 2))
-            # find_contours works on pixel centres; shift to corner coordinates
-            ring = ring + (sy.start - 1 + 0.5, sx.start - 1 + 0.5)
-            ring = _drop_collinear(ring)
-            if len(ring) and not np.array_equal(ring[0], ring[-1]):
-                ring = np.vstack([ring, ring[:1]])
-        seg = np.diff(ring, axis=0)
-        perim[j] = float(np.hypot(seg[:, 0], seg[:, 1]).sum()) if len(seg) else 0.0
-        solidity[j] = _solidity(ring)
-        rings.append(ring)
-    offsets = np.zeros(n + 1, np.int64)
-    offsets[1:] = np.cumsum([len(r) for r in rings]) if n else []
-    xy = np.concatenate(rings) if rings else np.zeros((0, 2))
+    xy, offsets, perim, solidity, box = _outlines(lab32, n, cen - (oy, ox))
+    clipped = (
+        (edges[0] & (box[:, 0] == 0))
+        | (edges[1] & (box[:, 1] == 0))
+        | (edges[2] & (box[:, 2] == h))
+        | (edges[3] & (box[:, 3] == w))
+    ) & (area > 0)
     xy = (xy + (oy, ox))[:, ::-1] * downsample  # level-0 (x, y)
     m = float("nan") if mpp is None else float(mpp)
     ds = float(downsample)
@@ -188,20 +153,17 @@ def measure_nuclei(
     }
 
 
-def _moments(lab: np.ndarray, n: int) -> np.ndarray:
-    """Raw moments (count, sum y, sum x, sum yy, sum xx, sum xy) of labels 1..n, (6, n)."""
-    out = np.zeros((6, n))
-    if n == 0:
-        return out
-    flat = lab.ravel()
-    keep = flat > 0
-    lk = flat[keep]
-    yy, xx = np.nonzero(lab > 0)  # C order, as flat[keep]
-    y = yy.astype(np.float64)
-    x = xx.astype(np.float64)
-    for k, wts in enumerate((None, y, x, y * y, x * x, y * x)):
-        out[k] = np.bincount(lk, weights=wts, minlength=n + 1)[1 : n + 1]
-    return out
+def _label_sums(lab: np.ndarray, rgb: np.ndarray, prob: np.ndarray | None, n: int) -> np.ndarray:
+    """Per-label sums (n, 13) of :func:`~mcf_fast.kernels.measure.label_sums_kernel`."""
+    from mcf_fast.kernels.measure import label_sums_kernel
+
+    out = np.zeros((n + 1, 13))
+    if n:
+        od_of = -np.log10((np.arange(256, dtype=np.float64) + 1.0) / 256.0)
+        p = np.zeros((1, 1)) if prob is None else np.ascontiguousarray(prob, np.float64)
+        rgb3 = np.ascontiguousarray(rgb[:, :, :3])
+        label_sums_kernel(lab, rgb3, od_of, p, prob is not None, n, out)
+    return out[1:]
 
 
 def _ellipse(moments: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -222,49 +184,48 @@ def _ellipse(moments: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return major, minor, ecc
 
 
-def _polygon_area(ring: np.ndarray) -> float:
-    """Unsigned shoelace area of a ring of (y, x) vertices (closed or not)."""
-    if len(ring) < 3:
-        return 0.0
-    y, x = ring[:, 0], ring[:, 1]
-    return abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))) / 2.0
+def _outlines(
+    lab: np.ndarray, n: int, centres: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Closed outline rings of labels 1..n (tile (y, x) corner coordinates), their offsets,
+    perimeters, solidities and bounding boxes (y0, x0, y1, x1; zeros for an empty label).
 
+    Each ring is the label's longest boundary cycle (its outer boundary; of a label in
+    pieces, the piece with the longest one), see :mod:`mcf_fast.kernels.outline`.  A label
+    with no pixels gets the square of the pixel at its centre.
+    """
+    from mcf_fast.kernels.measure import (
+        finish_rings_kernel,
+        longest_boundaries_kernel,
+        trace_kernel,
+    )
 
-def _convex_hull(points: np.ndarray) -> np.ndarray:
-    """Convex hull (Andrew's monotone chain) of 2-D points, counter-clockwise, not closed."""
-    pts = sorted({(float(a), float(b)) for a, b in points})
-    if len(pts) < 3:
-        return np.asarray(pts, np.float64).reshape(-1, 2)
-
-    def half(seq):
-        chain: list[tuple[float, float]] = []
-        for p in seq:
-            while len(chain) >= 2:
-                (ay, ax), (by, bx) = chain[-2], chain[-1]
-                if (by - ay) * (p[1] - ax) - (bx - ax) * (p[0] - ay) > 1e-12:
-                    break
-                chain.pop()
-            chain.append(p)
-        return chain
-
-    lower, upper = half(pts), half(reversed(pts))
-    return np.asarray(lower[:-1] + upper[:-1], np.float64)
-
-
-def _solidity(ring: np.ndarray) -> float:
-    """Area of a ring over the area of its convex hull (1 when degenerate)."""
-    area = _polygon_area(ring)
-    hull = _polygon_area(_convex_hull(ring)) if len(ring) >= 3 else 0.0
-    return area / hull if hull > 0 else 1.0
-
-
-def _drop_collinear(ring: np.ndarray) -> np.ndarray:
-    """Remove the vertices of a closed ring that lie on a straight run (exact, vectorised)."""
-    r = ring[:-1] if len(ring) > 1 and np.array_equal(ring[0], ring[-1]) else ring
-    if len(r) < 4:
-        return ring
-    d_in = r - np.roll(r, 1, axis=0)
-    d_out = np.roll(r, -1, axis=0) - r
-    cross = d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]
-    keep = np.abs(cross) > 1e-9
-    return r[keep] if keep.sum() >= 3 else r
+    h, w = lab.shape
+    length = np.zeros(n + 1, np.int64)
+    start = np.zeros((n + 1, 3), np.int64)
+    box = np.zeros((n + 1, 4), np.int64)
+    if n:
+        visited = np.zeros((h + 1, w + 1, 4), np.uint8)
+        longest_boundaries_kernel(np.ascontiguousarray(lab), n, visited, length, start, box)
+    raw_offsets = np.zeros(n + 1, np.int64)
+    raw_offsets[1:] = np.cumsum(length[1:])
+    raw = np.empty((int(raw_offsets[-1]), 2))
+    rings = np.empty((len(raw) + n, 2))
+    ring_len = np.zeros(n, np.int64)
+    perimeter = np.zeros(n)
+    solidity = np.ones(n)
+    if n:
+        trace_kernel(np.ascontiguousarray(lab), n, length, start, raw_offsets, raw)
+        finish_rings_kernel(raw, raw_offsets, w, rings, ring_len, perimeter, solidity)
+    parts = [rings[raw_offsets[j] + j : raw_offsets[j] + j + ring_len[j]] for j in range(n)]
+    for j in np.flatnonzero(length[1:] == 0):  # an id with no pixels: its centre pixel
+        cy, cx = np.floor(centres[j] + 0.5)
+        parts[j] = np.array(
+            [[cy, cx], [cy, cx + 1], [cy + 1, cx + 1], [cy + 1, cx], [cy, cx]], np.float64
+        )
+        perimeter[j], solidity[j] = 4.0, 1.0
+        box[j + 1] = 0
+    offsets = np.zeros(n + 1, np.int64)
+    offsets[1:] = np.cumsum([len(r) for r in parts]) if n else []
+    xy = np.concatenate(parts) if parts else np.zeros((0, 2))
+    return xy, offsets, perimeter, solidity, box[1:]

@@ -233,6 +233,17 @@ def _hull_area(pts, m, width, hull):  # pragma: no cover - compiled
 
 
 @jit(**JIT)
+def _turns(raw, a, m, i):  # pragma: no cover - compiled
+    """1 when vertex i of the cycle raw[a:a + m] is off the line through its neighbours."""
+    p = a + (i - 1) % m
+    c = a + i
+    q = a + (i + 1) % m
+    din_y, din_x = raw[c, 0] - raw[p, 0], raw[c, 1] - raw[p, 1]
+    dout_y, dout_x = raw[q, 0] - raw[c, 0], raw[q, 1] - raw[c, 1]
+    return 1 if abs(din_y * dout_x - din_x * dout_y) > 1e-9 else 0
+
+
+@jit(**JIT)
 def finish_rings_kernel(
     raw, raw_offsets, width, rings, ring_len, perimeter, solidity
 ):  # pragma: no cover - compiled
@@ -261,24 +272,13 @@ def finish_rings_kernel(
         kept = 0
         if m >= 4:
             for i in range(m):
-                p = a + (i - 1) % m
-                c = a + i
-                q = a + (i + 1) % m
-                din_y, din_x = raw[c, 0] - raw[p, 0], raw[c, 1] - raw[p, 1]
-                dout_y, dout_x = raw[q, 0] - raw[c, 0], raw[q, 1] - raw[c, 1]
-                if abs(din_y * dout_x - din_x * dout_y) > 1e-9:
-                    kept += 1
+                kept += _turns(raw, a, m, i)
         if kept >= 3:
             t = 0
             for i in range(m):
-                p = a + (i - 1) % m
-                c = a + i
-                q = a + (i + 1) % m
-                din_y, din_x = raw[c, 0] - raw[p, 0], raw[c, 1] - raw[p, 1]
-                dout_y, dout_x = raw[q, 0] - raw[c, 0], raw[q, 1] - raw[c, 1]
-                if abs(din_y * dout_x - din_x * dout_y) > 1e-9:
-                    rings[o + t, 0] = raw[c, 0]
-                    rings[o + t, 1] = raw[c, 1]
+                if _turns(raw, a, m, i):
+                    rings[o + t, 0] = raw[a + i, 0]
+                    rings[o + t, 1] = raw[a + i, 1]
                     t += 1
         else:
             t = m

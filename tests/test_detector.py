@@ -108,6 +108,16 @@ def test_input_conversions(detector, image):
     np.testing.assert_array_equal(detector.detect(f).centres, base.centres)
 
 
+def test_filters_are_built_on_first_use(detector, image):
+    fresh = Detector(detector.templates, detector.config, _bank=detector.bank)
+    assert "_engine" not in vars(fresh)  # loading a bundle does not pay for the filters
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        _ = fresh.no_such_thing
+    assert "_engine" not in vars(fresh)
+    np.testing.assert_array_equal(fresh.detect(image).centres, detector.detect(image).centres)
+    assert fresh.max_filter_size == detector.max_filter_size and "_engine" in vars(fresh)
+
+
 def test_tiny_image_is_padded(detector, image):
     assert detector.max_filter_size > 10
     r = detector.detect(image[:7, :5])

@@ -170,6 +170,23 @@ def _templates_of(templates) -> tuple:
     raise InputError(f"templates: expected a TemplateSet, got {type(templates).__name__}")
 
 
+#: the attributes Detector._setup sets, built on first use
+_LAZY = frozenset(
+    {
+        "_folded",
+        "_layout",
+        "_gk",
+        "_fusion_layout",
+        "max_filter_size",
+        "_projection",
+        "projection_energy",
+        "_window",
+        "_engine",
+        "_filters",
+    }
+)
+
+
 class Detector:
     """Correlation-filter nucleus detector (paper sec. 2.1).
 
@@ -230,7 +247,15 @@ class Detector:
             if _bank is not None
             else build_filter_bank(self.templates.crops(), cfg, features=self._features)
         )
-        self._setup()
+        # the correlation filters and their engine are built on first use (see __getattr__):
+        # a model whose labels never read the detector's centres never pays for them
+
+    def __getattr__(self, name: str):
+        # only reached when normal lookup fails: before _setup, for the attributes it sets
+        if name in _LAZY and "_engine" not in self.__dict__ and "bank" in self.__dict__:
+            self._setup()
+            return getattr(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # ------------------------------------------------------------------ set-up
     def _features(self, image: np.ndarray) -> np.ndarray:

@@ -628,11 +628,11 @@ class ModelPredictor:
         if self.model.net is not None:
             from mcf_fast.segmentation.train import predict_maps
 
-            fg, energy = predict_maps(
+            fg, energy = predict_maps(  # one block: the tile's halo covers the net's reach
                 self.model.net,
                 img,
                 device=seg.device,
-                tile=seg.tile,
+                tile=max(seg.tile, *img.shape[:2]),
                 flips=seg.tta_flips,
                 halo=self._proba_halo,
                 precision=seg.precision,

@@ -21,7 +21,7 @@ def test_synthetic_tile():
 
 def test_warm_up_runs_every_stage():
     seconds = warm_up()
-    assert set(seconds) == {"detector", "instances"}
+    assert set(seconds) == {"detector", "instances", "measurements"}
     assert all(v >= 0 for v in seconds.values())
 
 

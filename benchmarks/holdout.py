@@ -17,6 +17,9 @@ run-to-run noise of a fit:
     python benchmarks/holdout.py --data ../shared/data/consep \
         --set segmentation.target='"distance"' --set segmentation.instance_seeds='"shape"' \
         --variant 'segmentation.instance_seeds="hmaxima"' --variant 'segmentation.shape_h=0.3'
+
+``--save DIR`` keeps each scored model; ``--model FILE`` (with the same ``--data`` and
+``--seed``) scores a kept model and its variants again without fitting.
 """
 
 from __future__ import annotations
@@ -75,6 +78,17 @@ def main() -> None:
         default=[],
         help="prediction-time settings to rescore with, ';'-separated part.field=JSON",
     )
+    ap.add_argument(
+        "--save",
+        default=None,
+        help="folder to save each scored model in (DATA-seedS-TAG-roundR.mcf), so that later "
+        "prediction-time variants need no refit (--model)",
+    )
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="a model saved by --save: score it (and its --variant lines) without fitting",
+    )
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -84,6 +98,13 @@ def main() -> None:
         fit_names = fit_names[: args.max_fit]
     if args.max_held:
         held = held[: args.max_held]
+    if args.model is not None:
+        from mcf_fast.framework.model import MCFModel
+
+        model = MCFModel.load(args.model)
+        images = {n: ds.load_image(n) for n in held}
+        _score(args, model.config, model, ds, fit_names, held, images, 0.0)
+        return
     fit_ds = copy.copy(ds)
     fit_ds.names = list(fit_names)
     templates = select_templates(fit_ds, n=args.n_templates, seed=args.seed, progress=False)
@@ -109,7 +130,11 @@ def main() -> None:
             )
             if len(model.history) < r:  # the loop stopped early: no later round to score
                 break
-            _score(args, cfg, model, ds, fit_names, held, images, time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            if args.save is not None:
+                name = f"{Path(args.data).name}-seed{args.seed}-{args.tag or 'fit'}-round{r}.mcf"
+                model.save(Path(args.save) / name)
+            _score(args, cfg, model, ds, fit_names, held, images, seconds)
 
 
 def _score(args, config, model, ds, fit_names, held, images, seconds) -> None:
@@ -131,6 +156,7 @@ def _score(args, config, model, ds, fit_names, held, images, seconds) -> None:
                     "set": args.set,
                     "variant": assignments,
                     "tag": args.tag,
+                    **({"model": Path(args.model).name} if args.model else {}),
                     "n_fit": len(fit_names),
                     "n_held": len(held),
                     "round": len(model.history),
